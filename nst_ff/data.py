@@ -1,0 +1,203 @@
+"""Photos for training: any folder tree of images, resized and randomly cropped, shuffled resumably."""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.distributed as dist
+import torchvision.transforms.v2.functional as TF
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from nst_ff.images import IMAGE_EXTENSIONS, ImageError, open_rgb, to_tensor
+
+log = logging.getLogger(__name__)
+
+TRAIN_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+
+
+def find_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files under ``root`` (recursive, extension matched in any case), sorted for reproducibility."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageError(f"{root}: no such folder; set data.root to a folder of photos")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+
+
+def is_decodable(path: Path) -> bool:
+    """Decode the whole file (JPEGs at 1/8 scale, which still reads every byte) to catch truncation."""
+    try:
+        with Image.open(path) as image:
+            image.draft("RGB", (image.width // 8, image.height // 8))
+            image.load()
+        return True
+    except Exception:  # any failure means "not usable": PIL raises many types for bad files
+        return False
+
+
+def usable_images(files: list[Path], verify: bool = True) -> list[Path]:
+    """Drop files that do not decode, with one warning counting them."""
+    if not verify:
+        return files
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        ok = list(pool.map(is_decodable, files))
+    bad = [path for path, good in zip(files, ok, strict=True) if not good]
+    if bad:
+        shown = ", ".join(str(p) for p in bad[:3]) + (", ..." if len(bad) > 3 else "")
+        warnings.warn(f"skipped {len(bad)} unreadable or non-image file(s) of {len(files)}: {shown}", stacklevel=2)
+    return [path for path, good in zip(files, ok, strict=True) if good]
+
+
+def random_crop(image: Image.Image, size: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+    """Resize the short side to ``size``, take a random ``size`` x ``size`` crop, maybe flip."""
+    tensor = TF.resize(to_tensor(image), size, antialias=True)
+    height, width = tensor.shape[-2:]
+    top = int(torch.randint(height - size + 1, (1,), generator=generator))
+    left = int(torch.randint(width - size + 1, (1,), generator=generator))
+    tensor = tensor[:, top : top + size, left : left + size]
+    if flip and bool(torch.rand((), generator=generator) < 0.5):
+        tensor = tensor.flip(-1)
+    return tensor.clamp(0, 1)
+
+
+def center_crop(image: Image.Image, size: int) -> torch.Tensor:
+    tensor = TF.resize(to_tensor(image), size, antialias=True)
+    return TF.center_crop(tensor, [size, size]).clamp(0, 1)
+
+
+class PhotoDataset(Dataset):
+    """Indexed by ``(index, sample_seed)`` pairs from ``ResumableSampler``: the seed fixes the crop and
+    flip, so a resumed run sees exactly the batches an uninterrupted one would have."""
+
+    def __init__(self, files: list[Path], image_size: int, flip: bool = True) -> None:
+        self.files = files
+        self.image_size = image_size
+        self.flip = flip
+        self.failures = 0
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
+        index, seed = key
+        generator = torch.Generator().manual_seed(seed)
+        # A file that broke after the start-up check is replaced by the next one, never a crash.
+        for offset in range(len(self.files)):
+            path = self.files[(index + offset) % len(self.files)]
+            try:
+                return random_crop(open_rgb(path), self.image_size, self.flip, generator)
+            except ImageError as error:
+                self.failures += 1
+                if self.failures == 1:
+                    warnings.warn(f"skipping unreadable training image: {error}", stacklevel=2)
+        raise RuntimeError("no training image could be read")
+
+
+class ResumableSampler(Sampler[tuple[int, int]]):
+    """A shuffled order that is a pure function of (seed, global step), so that a run resumed at step
+    ``s`` continues from the batch after ``s``; shards across ranks under DDP."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, global_step: Callable[[], int]) -> None:
+        self.size = size
+        self.batch_size = batch_size
+        self.seed = seed
+        self.global_step = global_step
+
+    @staticmethod
+    def _rank_and_world() -> tuple[int, int]:
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+        return 0, 1
+
+    def batches_per_epoch(self) -> int:
+        return self.size // self._rank_and_world()[1] // self.batch_size
+
+    def __len__(self) -> int:
+        return self.batches_per_epoch() * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        rank, world = self._rank_and_world()
+        epoch, batch = divmod(self.global_step(), max(self.batches_per_epoch(), 1))
+        order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
+        shard = order[rank::world][: len(self)]
+        for position in range(batch * self.batch_size, len(shard)):
+            # One seed per (epoch, position): distinct augmentations every epoch, identical on resume.
+            yield shard[position], (self.seed * 1_000_003 + epoch) * 1_000_003 + position * world + rank
+
+
+class PhotoLoader(DataLoader):
+    """A DataLoader whose shuffling seed travels in the checkpoint (Lightning's stateful-loader hook),
+    so a resumed run keeps the original order even if ``seed`` changed on the command line."""
+
+    def state_dict(self) -> dict[str, int]:
+        return {"seed": self.sampler.seed}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.seed = int(state["seed"])
+
+
+class PhotoDataModule(pl.LightningDataModule):
+    """Training photos from ``root`` and a small fixed validation set from ``val_root``."""
+
+    def __init__(
+        self,
+        root: str,
+        val_root: str,
+        image_size: int = 256,
+        batch_size: int = 4,
+        flip: bool = True,
+        num_workers: int = 2,
+        verify: bool = True,
+        seed: int = 0,
+        val_image_size: int = 256,
+        val_count: int = 4,
+        pin_memory: bool = False,
+    ) -> None:
+        super().__init__()
+        self.root, self.val_root = root, val_root
+        self.image_size, self.batch_size, self.flip = image_size, batch_size, flip
+        self.num_workers, self.verify, self.seed = num_workers, verify, seed
+        self.val_image_size, self.val_count, self.pin_memory = val_image_size, val_count, pin_memory
+        self.train_set: PhotoDataset | None = None
+        self.val_images: torch.Tensor | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        files = usable_images(find_images(self.root, TRAIN_EXTENSIONS), self.verify)
+        if len(files) < self.batch_size:
+            raise ImageError(
+                f"{self.root}: {len(files)} usable image(s) (jpg/jpeg/png/webp/bmp, searched recursively), "
+                f"fewer than one batch of {self.batch_size}; point data.root at a folder of photos"
+            )
+        self.train_set = PhotoDataset(files, self.image_size, self.flip)
+        val_files = usable_images(find_images(self.val_root, TRAIN_EXTENSIONS), True)[: self.val_count]
+        if not val_files:
+            raise ImageError(f"{self.val_root}: no usable validation image; set data.val_root to a folder of photos")
+        self.val_images = torch.stack([center_crop(open_rgb(p), self.val_image_size) for p in val_files])
+        log.info("training on %d photos from %s", len(files), self.root)
+
+    def _global_step(self) -> int:
+        return self.trainer.global_step if self.trainer is not None else 0
+
+    def train_dataloader(self) -> PhotoLoader:
+        assert self.train_set is not None
+        sampler = ResumableSampler(len(self.train_set), self.batch_size, self.seed, self._global_step)
+        return PhotoLoader(
+            self.train_set,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            drop_last=True,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+        )
+
+    def val_dataloader(self) -> DataLoader:
+        assert self.val_images is not None
+        return DataLoader(self.val_images, batch_size=len(self.val_images))

@@ -1,0 +1,66 @@
+"""Inference model files: TransformerNet weights plus JSON metadata in one safetensors file.
+
+safetensors holds tensors and strings only, so loading a model can never execute code. Training
+checkpoints (``.ckpt``) are read with ``torch.load(weights_only=True)`` for the same reason.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save
+
+from nst_ff.errors import UserError
+from nst_ff.files import atomic_write
+from nst_ff.net import TransformerNet
+
+FORMAT = "nst_ff.model/1"
+
+
+class ModelFileError(UserError, ValueError):
+    """A model file cannot be used; the message names the file and the reason."""
+
+
+def save_model(path: str | Path, net: TransformerNet, metadata: dict[str, Any]) -> None:
+    """Write ``net``'s weights and ``metadata`` (must include nothing that is not JSON) atomically."""
+    state = {key: value.detach().cpu().contiguous() for key, value in net.state_dict().items()}
+    header = {"format": FORMAT, "net": json.dumps(net.config), "metadata": json.dumps(metadata, default=str)}
+    atomic_write(path, lambda file: file.write(save(state, metadata=header)))
+
+
+def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
+    if not path.is_file():
+        raise ModelFileError(f"{path}: no such model file")
+    if path.suffix == ".ckpt":
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+            hparams = checkpoint["hyper_parameters"]
+            state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
+            return state, dict(hparams["net"]), {"checkpoint": str(path), "global_step": checkpoint["global_step"]}
+        except Exception as error:
+            raise ModelFileError(f"{path}: not a readable nst-ff training checkpoint ({error})") from None
+    try:
+        with safe_open(str(path), framework="pt") as file:
+            header = file.metadata() or {}
+            state = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (safe_open is no dict)
+    except (SafetensorError, OSError, ValueError) as error:
+        raise ModelFileError(f"{path}: not a readable model file ({error}); re-export or re-download it") from None
+    if header.get("format") != FORMAT:
+        raise ModelFileError(f"{path}: not an nst-ff model (format {header.get('format')!r}, expected {FORMAT!r})")
+    return state, json.loads(header["net"]), json.loads(header["metadata"])
+
+
+def load_model(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
+    """Load an exported model (``.safetensors``) or a training checkpoint (``.ckpt``) for inference."""
+    path = Path(path)
+    state, config, metadata = _read(path)
+    try:
+        net = TransformerNet(**config)
+        net.load_state_dict(state)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise ModelFileError(f"{path}: weights do not fit a TransformerNet {config} ({error})") from None
+    return net.eval(), metadata

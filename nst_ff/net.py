@@ -1,0 +1,112 @@
+"""Johnson et al. (2016) image transformation network.
+
+Image convention (the one place it is defined for the whole package): images are float tensors of
+shape (N, 3, H, W), RGB, values in [0, 1]. ``TransformerNet`` takes and returns images in that
+convention; the output keeps the input's height and width exactly.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+NORMS = ("instance", "batch", "none")
+UPSAMPLES = ("nearest", "bilinear", "transposed")
+
+# The two stride-2 convolutions need sizes divisible by 4, and reflection padding needs every
+# feature map larger than its padding: 16 keeps the 4x4 bottleneck valid for any input size.
+_MULTIPLE = 4
+_MIN_SIZE = 16
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    if kind == "instance":
+        return nn.InstanceNorm2d(channels, affine=True)
+    if kind == "batch":
+        return nn.BatchNorm2d(channels)
+    if kind == "none":
+        return nn.Identity()
+    raise ValueError(f"unknown norm {kind!r}: choose one of {', '.join(NORMS)}")
+
+
+class ConvLayer(nn.Sequential):
+    """Reflection-padded convolution (no zero-padding borders), then norm and ReLU if asked."""
+
+    def __init__(
+        self, cin: int, cout: int, kernel: int, stride: int = 1, norm: str = "instance", relu: bool = True
+    ) -> None:
+        layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), nn.Conv2d(cin, cout, kernel, stride)]
+        if norm != "none":
+            layers.append(_norm(norm, cout))
+        if relu:
+            layers.append(nn.ReLU(inplace=True))
+        super().__init__(*layers)
+
+
+class ResidualBlock(nn.Module):
+    def __init__(self, channels: int, norm: str) -> None:
+        super().__init__()
+        self.body = nn.Sequential(
+            ConvLayer(channels, channels, 3, norm=norm), ConvLayer(channels, channels, 3, norm=norm, relu=False)
+        )
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.body(x)
+
+
+class Upsample(nn.Sequential):
+    """x2 upsampling. Resize-then-convolve avoids the checkerboard of transposed convolutions
+    (Odena et al. 2016); ``transposed`` is kept for comparison with the original paper."""
+
+    def __init__(self, cin: int, cout: int, mode: str, norm: str) -> None:
+        if mode == "transposed":
+            layers: list[nn.Module] = [nn.ConvTranspose2d(cin, cout, 3, stride=2, padding=1, output_padding=1)]
+            if norm != "none":
+                layers.append(_norm(norm, cout))
+            layers.append(nn.ReLU(inplace=True))
+        elif mode in ("nearest", "bilinear"):
+            layers = [nn.Upsample(scale_factor=2, mode=mode), ConvLayer(cin, cout, 3, norm=norm)]
+        else:
+            raise ValueError(f"unknown upsample mode {mode!r}: choose one of {', '.join(UPSAMPLES)}")
+        super().__init__(*layers)
+
+
+class TransformerNet(nn.Module):
+    """9x9 conv in, two stride-2 downsamplings, residual blocks, two x2 upsamplings, 9x9 conv out.
+
+    ``channels`` is the width of the first layer (32 in the paper; the bottleneck has 4x that).
+    """
+
+    def __init__(
+        self, channels: int = 32, num_res_blocks: int = 5, norm: str = "instance", upsample: str = "nearest"
+    ) -> None:
+        super().__init__()
+        if norm not in NORMS:
+            raise ValueError(f"unknown norm {norm!r}: choose one of {', '.join(NORMS)}")
+        c = channels
+        self.config = {"channels": channels, "num_res_blocks": num_res_blocks, "norm": norm, "upsample": upsample}
+        self.body = nn.Sequential(
+            ConvLayer(3, c, 9, norm=norm),
+            ConvLayer(c, 2 * c, 3, stride=2, norm=norm),
+            ConvLayer(2 * c, 4 * c, 3, stride=2, norm=norm),
+            *(ResidualBlock(4 * c, norm) for _ in range(num_res_blocks)),
+            Upsample(4 * c, 2 * c, upsample, norm),
+            Upsample(2 * c, c, upsample, norm),
+            ConvLayer(c, 3, 9, norm="none", relu=False),
+        )
+
+    def forward(self, image: torch.Tensor) -> torch.Tensor:
+        if image.ndim != 4 or image.shape[1] != 3:
+            raise ValueError(f"expected an (N, 3, H, W) image batch, got shape {tuple(image.shape)}")
+        height, width = image.shape[-2:]
+        if height == 0 or width == 0:
+            raise ValueError(f"cannot stylise an empty image ({height}x{width})")
+        pad_h = max(_MIN_SIZE, -(-height // _MULTIPLE) * _MULTIPLE) - height
+        pad_w = max(_MIN_SIZE, -(-width // _MULTIPLE) * _MULTIPLE) - width
+        if pad_h or pad_w:
+            # Replicate, not reflect: reflection cannot pad a 1-pixel image.
+            image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
+        # A sigmoid keeps the output a valid image without clamping away the gradient.
+        out = torch.sigmoid(self.body(image))
+        return out[..., :height, :width]

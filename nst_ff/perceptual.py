@@ -1,0 +1,201 @@
+"""Perceptual losses on a frozen ImageNet VGG: content (feature MSE), style (Gram MSE), total variation.
+
+Training and the per-image optimization baseline both use ``PerceptualLoss``; there is no other
+implementation of these losses in the package.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from nst_ff.weights import VGG_BLOCKS, load_vgg_weights
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+def vgg_layer_names(arch: str) -> list[str]:
+    """Names of torchvision's VGG ``features`` modules in order: conv1_1, relu1_1, ..., pool5."""
+    names = []
+    for block, convs in enumerate(VGG_BLOCKS[arch], start=1):
+        for i in range(1, convs + 1):
+            names += [f"conv{block}_{i}", f"relu{block}_{i}"]
+        names.append(f"pool{block}")
+    return names
+
+
+def _vgg_features(arch: str, depth: int) -> nn.Sequential:
+    """torchvision's VGG ``features`` stack (same indices), cut after ``depth`` modules."""
+    layers: list[nn.Module] = []
+    channels = 3
+    for block, convs in enumerate(VGG_BLOCKS[arch]):
+        width = min(64 * 2**block, 512)
+        for _ in range(convs):
+            # Not in-place: a requested conv output must survive the ReLU after it.
+            layers += [nn.Conv2d(channels, width, 3, padding=1), nn.ReLU()]
+            channels = width
+        layers.append(nn.MaxPool2d(2, 2))
+    return nn.Sequential(*layers[:depth])
+
+
+class VGGEncoder(nn.Module):
+    """Frozen VGG that returns the named layers asked for from one forward pass.
+
+    Takes images in [0, 1] (ImageNet normalisation happens inside) and stops after the deepest layer
+    it was built for. Always in eval mode; it has no trainable parameters.
+    """
+
+    def __init__(
+        self, arch: str, layers: Iterable[str], weights: str = "torchvision", weights_path: str | None = None
+    ) -> None:
+        super().__init__()
+        if arch not in VGG_BLOCKS:
+            raise ValueError(f"unknown VGG {arch!r}: choose one of {', '.join(VGG_BLOCKS)}")
+        names = vgg_layer_names(arch)
+        self.layers = list(dict.fromkeys(layers))
+        unknown = [name for name in self.layers if name not in names]
+        if unknown or not self.layers:
+            raise ValueError(f"unknown {arch} layers {unknown or '(none given)'}: choose from {', '.join(names)}")
+        depth = max(names.index(name) for name in self.layers) + 1
+        self.arch = arch
+        self.names = names[:depth]
+        self.features = _vgg_features(arch, depth)
+        state = load_vgg_weights(arch, weights, weights_path)
+        self.features.load_state_dict({k: v for k, v in state.items() if int(k.split(".")[0]) < depth})
+        for conv in self.features:
+            if isinstance(conv, nn.Conv2d):
+                # Frozen weights become non-persistent buffers: they always come from the weights source,
+                # so checkpoints of models that use this encoder stay free of ~60 MB of VGG.
+                weight, bias = conv.weight.detach(), conv.bias.detach()
+                del conv.weight, conv.bias
+                conv.register_buffer("weight", weight, persistent=False)
+                conv.register_buffer("bias", bias, persistent=False)
+        self.register_buffer("mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
+        self.eval()
+
+    def train(self, mode: bool = True) -> VGGEncoder:
+        return super().train(False)
+
+    def forward(self, image: torch.Tensor, layers: Iterable[str] | None = None) -> dict[str, torch.Tensor]:
+        wanted = set(self.layers if layers is None else layers)
+        x = (image - self.mean) / self.std
+        out: dict[str, torch.Tensor] = {}
+        for name, module in zip(self.names, self.features, strict=True):
+            x = module(x)
+            if name in wanted:
+                out[name] = x
+                if len(out) == len(wanted):
+                    break
+        return out
+
+
+def gram_matrix(features: torch.Tensor) -> torch.Tensor:
+    """(B, C, H, W) -> (B, C, C) Gram matrices normalised by C*H*W, computed in float32."""
+    b, c, h, w = features.shape
+    with torch.autocast(features.device.type, enabled=False):
+        flat = features.float().reshape(b, c, h * w)
+        return flat @ flat.transpose(1, 2) / (c * h * w)
+
+
+def total_variation(image: torch.Tensor) -> torch.Tensor:
+    """Mean squared difference between neighbouring pixels (penalises high-frequency noise)."""
+    dy = image[..., 1:, :] - image[..., :-1, :]
+    dx = image[..., :, 1:] - image[..., :, :-1]
+    return dy.float().pow(2).mean() + dx.float().pow(2).mean()
+
+
+@dataclass
+class LossTerms:
+    """Weighted total plus the unweighted parts (the weights are those of ``PerceptualLoss``)."""
+
+    total: torch.Tensor
+    content: torch.Tensor
+    style: torch.Tensor
+    tv: torch.Tensor
+    style_layers: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+class PerceptualLoss(nn.Module):
+    """``content_weight * content + style_weight * style + tv_weight * tv``.
+
+    ``content`` is the per-layer-weighted MSE between VGG features of the output and of the content
+    image; ``style`` the per-layer-weighted MSE between Gram matrices of the output and of the style
+    image. Style targets are computed once, by ``set_style``.
+    """
+
+    def __init__(
+        self,
+        encoder: VGGEncoder,
+        content_layers: Mapping[str, float],
+        style_layers: Mapping[str, float],
+        content_weight: float,
+        style_weight: float,
+        tv_weight: float,
+    ) -> None:
+        super().__init__()
+        missing = [name for name in (*content_layers, *style_layers) if name not in encoder.layers]
+        if missing:
+            raise ValueError(f"the encoder does not compute layers {missing}")
+        self.encoder = encoder
+        self.content_layers = dict(content_layers)
+        self.style_layers = dict(style_layers)
+        self.content_weight = float(content_weight)
+        self.style_weight = float(style_weight)
+        self.tv_weight = float(tv_weight)
+        self.has_style = False
+
+    @classmethod
+    def from_config(
+        cls,
+        vgg: str,
+        content_layers: Mapping[str, float],
+        style_layers: Mapping[str, float],
+        content_weight: float,
+        style_weight: float,
+        tv_weight: float,
+        weights: Mapping[str, str | None] | None = None,
+        **_: object,
+    ) -> PerceptualLoss:
+        """Build from a ``conf/loss`` preset (extra keys such as ``style_size`` are for the caller)."""
+        weights = dict(weights or {})
+        encoder = VGGEncoder(
+            vgg, [*content_layers, *style_layers], weights.get("source") or "torchvision", weights.get("path")
+        )
+        return cls(encoder, content_layers, style_layers, content_weight, style_weight, tv_weight)
+
+    @torch.no_grad()
+    def set_style(self, style_image: torch.Tensor) -> None:
+        """Compute the Gram targets of a (1, 3, H, W) style image in [0, 1]."""
+        features = self.encoder(style_image, self.style_layers)
+        for name in self.style_layers:
+            # Buffers follow the module across devices; not persistent: they derive from the style image.
+            self.register_buffer(f"gram_{name}", gram_matrix(features[name]), persistent=False)
+        self.has_style = True
+
+    @torch.no_grad()
+    def content_targets(self, content_image: torch.Tensor) -> dict[str, torch.Tensor]:
+        return self.encoder(content_image, self.content_layers)
+
+    def forward(self, output: torch.Tensor, content_targets: Mapping[str, torch.Tensor]) -> LossTerms:
+        if not self.has_style:
+            raise RuntimeError("call set_style(style_image) before computing the loss")
+        features = self.encoder(output)
+        content = sum(
+            weight * F.mse_loss(features[name].float(), content_targets[name].float())
+            for name, weight in self.content_layers.items()
+        )
+        style_layers = {}
+        for name, weight in self.style_layers.items():
+            gram = gram_matrix(features[name])
+            target = self.get_buffer(f"gram_{name}")
+            style_layers[name] = weight * F.mse_loss(gram, target.expand_as(gram))
+        style = sum(style_layers.values())
+        tv = total_variation(output)
+        total = self.content_weight * content + self.style_weight * style + self.tv_weight * tv
+        return LossTerms(total, content, style, tv, style_layers)
