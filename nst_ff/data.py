@@ -15,7 +15,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from nst_ff.images import IMAGE_EXTENSIONS, ImageError, open_rgb, to_tensor
+from nst_ff.images import IMAGE_EXTENSIONS, ImageError, read_picture
 
 log = logging.getLogger(__name__)
 
@@ -54,9 +54,9 @@ def usable_images(files: list[Path], verify: bool = True) -> list[Path]:
     return [path for path, good in zip(files, ok, strict=True) if good]
 
 
-def random_crop(image: Image.Image, size: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
+def random_crop(image: torch.Tensor, size: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
     """Resize the short side to ``size``, take a random ``size`` x ``size`` crop, maybe flip."""
-    tensor = TF.resize(to_tensor(image), size, antialias=True)
+    tensor = TF.resize(image, size, antialias=True)
     height, width = tensor.shape[-2:]
     top = int(torch.randint(height - size + 1, (1,), generator=generator))
     left = int(torch.randint(width - size + 1, (1,), generator=generator))
@@ -66,8 +66,8 @@ def random_crop(image: Image.Image, size: int, flip: bool, generator: torch.Gene
     return tensor.clamp(0, 1)
 
 
-def center_crop(image: Image.Image, size: int) -> torch.Tensor:
-    tensor = TF.resize(to_tensor(image), size, antialias=True)
+def center_crop(image: torch.Tensor, size: int) -> torch.Tensor:
+    tensor = TF.resize(image, size, antialias=True)
     return TF.center_crop(tensor, [size, size]).clamp(0, 1)
 
 
@@ -91,7 +91,7 @@ class PhotoDataset(Dataset):
         for offset in range(len(self.files)):
             path = self.files[(index + offset) % len(self.files)]
             try:
-                return random_crop(open_rgb(path), self.image_size, self.flip, generator)
+                return random_crop(read_picture(path).rgb, self.image_size, self.flip, generator)
             except ImageError as error:
                 self.failures += 1
                 if self.failures == 1:
@@ -180,7 +180,7 @@ class PhotoDataModule(pl.LightningDataModule):
         val_files = usable_images(find_images(self.val_root, TRAIN_EXTENSIONS), True)[: self.val_count]
         if not val_files:
             raise ImageError(f"{self.val_root}: no usable validation image; set data.val_root to a folder of photos")
-        self.val_images = torch.stack([center_crop(open_rgb(p), self.val_image_size) for p in val_files])
+        self.val_images = torch.stack([center_crop(read_picture(p).rgb, self.val_image_size) for p in val_files])
         log.info("training on %d photos from %s", len(files), self.root)
 
     def _global_step(self) -> int:

@@ -1,74 +1,145 @@
-"""Image files <-> tensors in the package's image convention (see ``nst_ff.net``)."""
+"""Image files <-> tensors in the package's image convention (see ``nst_ff.net``).
+
+Every decoder path goes through ``read_picture``: EXIF orientation applied, embedded ICC profiles
+converted to sRGB, any Pillow mode (RGB, RGBA, L, LA, P, CMYK, 16-bit) turned into RGB in [0, 1]
+plus an optional alpha channel.
+"""
 
 from __future__ import annotations
 
+import io
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+import torch.nn.functional as F
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from nst_ff.errors import UserError
 from nst_ff.files import atomic_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
+_SRGB = ImageCms.createProfile("sRGB")
 
 
 class ImageError(UserError, ValueError):
     """A user's image file cannot be used; the message names the file and the reason."""
 
 
-def open_rgb(path: str | Path) -> Image.Image:
-    """Decode an image fully, apply its EXIF orientation and convert it to RGB."""
+@dataclass
+class Picture:
+    """``rgb``: (3, H, W) float in [0, 1], sRGB; ``alpha``: (1, H, W) in [0, 1] or None."""
+
+    rgb: torch.Tensor
+    alpha: torch.Tensor | None = None
+
+
+def _to_srgb(image: Image.Image) -> Image.Image:
+    """Apply an embedded ICC profile so the pixel values are sRGB (a no-op without a profile)."""
+    icc = image.info.get("icc_profile")
+    if not icc or image.mode not in ("RGB", "CMYK", "L"):
+        return image
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        return ImageCms.profileToProfile(image, source, _SRGB, outputMode="RGB")
+    except (ImageCms.PyCMSError, OSError):
+        return image  # a broken profile: the raw values are the best guess left
+
+
+def _high_bit_depth(image: Image.Image) -> torch.Tensor:
+    """Modes I;16*, I and F (16/32-bit single channel) -> (3, H, W) in [0, 1]."""
+    array = np.asarray(image).astype(np.float32)
+    scale = 1.0 if image.mode == "F" else 65535.0
+    grey = torch.from_numpy(np.clip(array / scale, 0, 1))
+    return grey.unsqueeze(0).expand(3, -1, -1).contiguous()
+
+
+def decode(image: Image.Image) -> Picture:
+    """A loaded PIL image in any mode -> ``Picture``."""
+    image = ImageOps.exif_transpose(image)
+    if image.mode.startswith("I") or image.mode == "F":
+        return Picture(_high_bit_depth(image))
+    has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
+    alpha = None
+    if has_alpha:
+        rgba = image.convert("RGBA")
+        alpha = to_tensor(rgba.getchannel("A"))
+        image = rgba.convert("RGB")
+    elif image.mode not in ("RGB", "CMYK", "L"):
+        image = image.convert("RGB")
+    return Picture(to_tensor(_to_srgb(image).convert("RGB")), alpha)
+
+
+def read_picture(path: str | Path) -> Picture:
+    """Decode an image file fully; failures become one-line ``ImageError``s."""
     path = Path(path)
     try:
         with Image.open(path) as image:
-            image = ImageOps.exif_transpose(image)
             image.load()
-            return image.convert("RGB")
+            return decode(image)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a folder, not an image") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
-        raise ImageError(f"{path}: unreadable image ({error})") from None
+    except Image.DecompressionBombError as error:
+        raise ImageError(f"{path}: too many pixels, refused as a possible decompression bomb ({error})") from None
+    except (OSError, SyntaxError, ValueError) as error:
+        raise ImageError(f"{path}: unreadable image ({error}); re-export or re-download it") from None
 
 
 def to_tensor(image: Image.Image) -> torch.Tensor:
-    """PIL RGB image -> (3, H, W) float tensor in [0, 1]."""
-    array = np.asarray(image.convert("RGB"), dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+    """8-bit PIL image -> (C, H, W) float tensor in [0, 1]."""
+    array = np.asarray(image, dtype=np.uint8)
+    tensor = torch.from_numpy(array.copy())
+    tensor = tensor.unsqueeze(-1) if tensor.ndim == 2 else tensor
+    return tensor.permute(2, 0, 1).float().div_(255)
 
 
-def to_pil(image: torch.Tensor) -> Image.Image:
-    """(3, H, W) or (1, 3, H, W) tensor in [0, 1] -> PIL RGB image."""
+def to_pil(image: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
+    """(3, H, W) or (1, 3, H, W) tensor in [0, 1] (and optional (1, H, W) alpha) -> PIL RGB or RGBA."""
     if image.ndim == 4:
         image = image[0]
+    if alpha is not None:
+        image = torch.cat([image, alpha.to(image.device)])
     array = image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
-    return Image.fromarray(array, "RGB")
+    return Image.fromarray(array, "RGBA" if alpha is not None else "RGB")
 
 
-def resize_long_side(image: Image.Image, size: int | None) -> Image.Image:
-    if not size or max(image.size) == size:
-        return image
-    scale = size / max(image.size)
-    new_size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    return image.resize(new_size, Image.Resampling.LANCZOS)
+def resize(image: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize a (C, H, W) or (N, C, H, W) image to ``size`` = (H, W), antialiased when shrinking."""
+    batch = image if image.ndim == 4 else image.unsqueeze(0)
+    if tuple(batch.shape[-2:]) != tuple(size):
+        batch = F.interpolate(batch, size=size, mode="bicubic", antialias=True, align_corners=False).clamp(0, 1)
+    return batch if image.ndim == 4 else batch[0]
+
+
+def long_side_size(height: int, width: int, long_side: int) -> tuple[int, int]:
+    """(H, W) scaled, aspect kept, so that the long side is ``long_side``."""
+    scale = long_side / max(height, width)
+    return max(1, round(height * scale)), max(1, round(width * scale))
 
 
 def load_image(path: str | Path, long_side: int | None = None) -> torch.Tensor:
-    """Image file -> (1, 3, H, W) tensor in [0, 1], optionally resized so its long side is ``long_side``."""
-    return to_tensor(resize_long_side(open_rgb(path), long_side)).unsqueeze(0)
+    """Image file -> (1, 3, H, W) tensor in [0, 1]; the long side scaled to ``long_side`` if given."""
+    rgb = read_picture(path).rgb
+    if long_side:
+        rgb = resize(rgb, long_side_size(*rgb.shape[-2:], long_side))
+    return rgb.unsqueeze(0)
 
 
-def save_image(image: torch.Tensor | Image.Image, path: str | Path) -> None:
-    """Write atomically: a crash mid-write never leaves a half-written file at ``path``."""
+def write_picture(path: str | Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> None:
+    """Write atomically (never a half-written file at ``path``). Formats without alpha (JPEG, BMP) drop it."""
     path = Path(path)
-    pil = image if isinstance(image, Image.Image) else to_pil(image)
     fmt = Image.registered_extensions().get(path.suffix.lower())
-    if fmt is None:
-        raise ImageError(f"{path}: unknown image extension; use one of {', '.join(IMAGE_EXTENSIONS)}")
+    if fmt is None or path.suffix.lower() not in IMAGE_EXTENSIONS:
+        raise ImageError(f"{path}: unknown output image type; end the name with one of {', '.join(IMAGE_EXTENSIONS)}")
+    keep_alpha = alpha is not None and fmt in ("PNG", "WEBP", "TIFF")
+    pil = to_pil(rgb, alpha if keep_alpha else None)
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
-    atomic_write(path, lambda file: pil.save(file, format=fmt, **options))
+    try:
+        atomic_write(path, lambda file: pil.save(file, format=fmt, **options))
+    except OSError as error:
+        raise ImageError(f"{path}: cannot write ({error.strerror or error}); choose a writable output") from None

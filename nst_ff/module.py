@@ -61,7 +61,7 @@ class StyleTransferModule(pl.LightningModule):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.memory_format))
 
-    def _losses(self, images: torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
+    def compute_losses(self, images: torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
         assert self.perceptual is not None, "setup() builds the loss"
         images = images.contiguous(memory_format=self.memory_format)
         output = self.net(images)
@@ -78,13 +78,13 @@ class StyleTransferModule(pl.LightningModule):
             images_per_sec = batch.shape[0] * self.trainer.world_size / (now - self._last_step_time)
             self.log("train/images_per_sec", images_per_sec, prog_bar=True)
         self._last_step_time = now
-        _, terms = self._losses(batch)
+        _, terms = self.compute_losses(batch)
         self._log_terms("train", terms, prog_bar=False)
         self.log("loss", terms.total, prog_bar=True, logger=False)
         return terms.total
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
-        output, terms = self._losses(batch)
+        output, terms = self.compute_losses(batch)
         self._log_terms("val", terms, sync_dist=True)
         self._val_outputs.append(output.float().cpu())
 

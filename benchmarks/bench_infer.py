@@ -1,0 +1,132 @@
+"""Inference speed and memory: the fp32 eager reference against the tuned default, same code.
+
+    python benchmarks/bench_infer.py --model checkpoints/starry_night.safetensors
+
+Each (configuration, size) runs in its own process so that its peak memory is its own. Prints ms per
+image (median after warm-up), peak memory, the speed-up, and the PSNR of the tuned output against
+the reference on a real photo.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import median_seconds, print_report  # noqa: E402
+from nst_ff.export import load_model  # noqa: E402
+from nst_ff.images import load_image  # noqa: E402
+from nst_ff.net import TransformerNet  # noqa: E402
+from nst_ff.stylize import Stylizer  # noqa: E402
+
+# Every speed option off, then the Stylizer defaults (what infer.py uses).
+CONFIGS = {"fp32 eager": {"precision": "fp32", "channels_last": False}, "tuned": {}}
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def load_net(model: str | None) -> TransformerNet:
+    if model:
+        return load_model(model)[0]
+    torch.manual_seed(0)
+    return TransformerNet()
+
+
+def child(args: argparse.Namespace) -> None:
+    options = dict(CONFIGS[args.config])
+    if args.config == "tuned" and args.compile:
+        options["compile"] = True
+    stylizer = Stylizer(load_net(args.model), device=args.device, **options)
+    image = torch.nn.functional.interpolate(load_image(args.photo), size=(args.size, args.size), mode="bicubic")
+    image = image.clamp(0, 1)
+    sync = torch.cuda.synchronize if stylizer.device.type == "cuda" else (lambda: None)
+    seconds = median_seconds(lambda: stylizer(image), args.warmup, args.repeats, sync)
+    if stylizer.device.type == "cuda":
+        peak_mb = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    torch.save(stylizer(image), args.out)
+    Path(args.out + ".json").write_text(json.dumps({"ms": seconds * 1000, "peak_mb": peak_mb}))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", help="exported model (default: a randomly initialised TransformerNet)")
+    parser.add_argument("--photo", default=str(ROOT / "assets" / "samples" / "rocket.jpg"))
+    parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--compile", action="store_true", help="add torch.compile to the tuned path")
+    parser.add_argument("--json", help="also write the report here")
+    parser.add_argument("--child", nargs=2, metavar=("CONFIG", "SIZE"), help=argparse.SUPPRESS)
+    parser.add_argument("--out", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        args.config, args.size = args.child[0], int(args.child[1])
+        return child(args)
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for size in args.sizes:
+            results, outputs = {}, {}
+            for config in CONFIGS:
+                out = f"{tmp}/{config.replace(' ', '_')}_{size}.pt"
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    config,
+                    str(size),
+                    "--out",
+                    out,
+                    "--photo",
+                    args.photo,
+                    "--repeats",
+                    str(args.repeats),
+                    "--warmup",
+                    str(args.warmup),
+                    "--device",
+                    args.device,
+                    *(["--model", args.model] if args.model else []),
+                    *(["--compile"] if args.compile else []),
+                ]
+                subprocess.run(command, check=True)
+                results[config] = json.loads(Path(out + ".json").read_text())
+                outputs[config] = torch.load(out)
+            reference, tuned = results["fp32 eager"], results["tuned"]
+            rows.append(
+                {
+                    "size": f"{size}x{size}",
+                    "fp32 eager ms": reference["ms"],
+                    "tuned ms": tuned["ms"],
+                    "speed-up": reference["ms"] / tuned["ms"],
+                    "fp32 eager peak MB": reference["peak_mb"],
+                    "tuned peak MB": tuned["peak_mb"],
+                    "PSNR dB": psnr(outputs["tuned"], outputs["fp32 eager"]),
+                }
+            )
+    tuned_options = Stylizer(TransformerNet(channels=4, num_res_blocks=0), device=args.device)
+    extra = {
+        "tuned path": f"device={tuned_options.device}, autocast={tuned_options.dtype or 'off (fp32)'}, "
+        f"channels_last, inference_mode{', torch.compile' if args.compile else ''}",
+        "model": args.model or "random init (seed 0)",
+    }
+    print_report("inference, one image", rows, extra, args.json)
+
+
+if __name__ == "__main__":
+    main()

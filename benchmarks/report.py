@@ -1,0 +1,64 @@
+"""Shared by the benchmark scripts: machine description, medians, table and JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+
+def machine() -> dict[str, object]:
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    info: dict[str, object] = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+    }
+    if torch.cuda.is_available():
+        info["gpu"] = torch.cuda.get_device_name()
+    return info
+
+
+def median_seconds(run: Callable[[], object], warmup: int, repeats: int, sync: Callable[[], None]) -> float:
+    for _ in range(warmup):
+        run()
+    sync()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        run()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def print_report(title: str, rows: list[dict[str, object]], extra: dict[str, object], json_path: str | None) -> None:
+    info = machine()
+    print(f"# {title}")
+    print("machine: " + ", ".join(f"{k}={v}" for k, v in info.items()))
+    columns = list(rows[0])
+    print("| " + " | ".join(columns) + " |")
+    print("|" + "---|" * len(columns))
+    for row in rows:
+        print("| " + " | ".join(f"{v:.3g}" if isinstance(v, float) else str(v) for v in row.values()) + " |")
+    for key, value in extra.items():
+        print(f"{key}: {value}")
+    report = {"title": title, "machine": info, "rows": rows, **extra}
+    print("JSON " + json.dumps(report))
+    if json_path:
+        Path(json_path).write_text(json.dumps(report, indent=2))
