@@ -29,8 +29,17 @@ from nst_ff.images import load_image  # noqa: E402
 from nst_ff.net import TransformerNet  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
 
-# Every speed option off, then the Stylizer defaults (what infer.py uses).
-CONFIGS = {"fp32 eager": {"precision": "fp32", "channels_last": False}, "tuned": {}}
+# Every speed option off (the reference), each option alone, the Stylizer defaults (what infer.py
+# uses), and the defaults plus torch.compile.
+REFERENCE = {"precision": "fp32", "channels_last": False, "fast_allocator": False}
+CONFIGS = {
+    "fp32 eager": REFERENCE,
+    "+channels_last": {**REFERENCE, "channels_last": True},
+    "+fast allocator": {**REFERENCE, "fast_allocator": True},
+    "+autocast (auto)": {**REFERENCE, "precision": "auto"},
+    "tuned (default)": {},
+    "tuned + compile": {"compile": True},
+}
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -47,8 +56,6 @@ def load_net(model: str | None) -> TransformerNet:
 
 def child(args: argparse.Namespace) -> None:
     options = dict(CONFIGS[args.config])
-    if args.config == "tuned" and args.compile:
-        options["compile"] = True
     stylizer = Stylizer(load_net(args.model), device=args.device, **options)
     image = torch.nn.functional.interpolate(load_image(args.photo), size=(args.size, args.size), mode="bicubic")
     image = image.clamp(0, 1)
@@ -70,7 +77,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
-    parser.add_argument("--compile", action="store_true", help="add torch.compile to the tuned path")
+    parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    parser.add_argument("--ablation-max", type=int, default=1024,
+                        help="larger sizes run only the reference and the tuned default")
     parser.add_argument("--json", help="also write the report here")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -82,48 +91,31 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
-            results, outputs = {}, {}
-            for config in CONFIGS:
-                out = f"{tmp}/{config.replace(' ', '_')}_{size}.pt"
-                command = [
-                    sys.executable,
-                    __file__,
-                    "--child",
-                    config,
-                    str(size),
-                    "--out",
-                    out,
-                    "--photo",
-                    args.photo,
-                    "--repeats",
-                    str(args.repeats),
-                    "--warmup",
-                    str(args.warmup),
-                    "--device",
-                    args.device,
-                    *(["--model", args.model] if args.model else []),
-                    *(["--compile"] if args.compile else []),
-                ]
+            configs = args.configs if size <= args.ablation_max else ["fp32 eager", "tuned (default)"]
+            outputs, reference_ms = {}, None
+            for config in configs:
+                out = f"{tmp}/{size}_{len(outputs)}.pt"
+                command = [sys.executable, __file__, "--child", config, str(size), "--out", out, "--photo",
+                           args.photo, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
+                           "--device", args.device, *(["--model", args.model] if args.model else [])]
                 subprocess.run(command, check=True)
-                results[config] = json.loads(Path(out + ".json").read_text())
+                result = json.loads(Path(out + ".json").read_text())
                 outputs[config] = torch.load(out)
-            reference, tuned = results["fp32 eager"], results["tuned"]
-            rows.append(
-                {
+                reference_ms = reference_ms or result["ms"]
+                rows.append({
                     "size": f"{size}x{size}",
-                    "fp32 eager ms": reference["ms"],
-                    "tuned ms": tuned["ms"],
-                    "speed-up": reference["ms"] / tuned["ms"],
-                    "fp32 eager peak MB": reference["peak_mb"],
-                    "tuned peak MB": tuned["peak_mb"],
-                    "PSNR dB": psnr(outputs["tuned"], outputs["fp32 eager"]),
-                }
-            )
-    tuned_options = Stylizer(TransformerNet(channels=4, num_res_blocks=0), device=args.device)
+                    "config": config,
+                    "ms/image": result["ms"],
+                    "speed-up": reference_ms / result["ms"],
+                    "peak MB": result["peak_mb"],
+                    "PSNR vs fp32 dB": psnr(outputs[config], outputs[configs[0]]),
+                })
+    tuned = Stylizer(TransformerNet(channels=4, num_res_blocks=0), device=args.device)
     extra = {
-        "tuned path": f"device={tuned_options.device}, autocast={tuned_options.dtype or 'off (fp32)'}, "
-        f"channels_last, inference_mode{', torch.compile' if args.compile else ''}",
+        "tuned (default)": f"device={tuned.device}, autocast={tuned.dtype or 'off (fp32)'}, channels_last, "
+        "inference_mode, fast allocator",
         "model": args.model or "random init (seed 0)",
+        "runs": f"median of {args.repeats} after {args.warmup} warm-up; one process per row (its own peak memory)",
     }
     print_report("inference, one image", rows, extra, args.json)
 

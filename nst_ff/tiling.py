@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from nst_ff.images import long_side_size, resize
+from nst_ff.net import InstanceNorm
 
 # Tiles start on multiples of 4 so that the network's two stride-2 layers see the same pixel grid
 # in every tile as in the whole image.
@@ -24,35 +25,23 @@ _ALIGN = 4
 
 @contextmanager
 def shared_instance_norm(net: nn.Module, image: torch.Tensor, run: Callable[[torch.Tensor], object]) -> Iterator[None]:
-    """Inside the block, every InstanceNorm2d of ``net`` uses the statistics that ``run(image)`` produced."""
-    norms = [m for m in net.modules() if isinstance(m, nn.InstanceNorm2d)]
-    stats: dict[nn.Module, tuple[torch.Tensor, torch.Tensor]] = {}
+    """Inside the block, every InstanceNorm of ``net`` normalises with the statistics of ``run(image)``."""
+    norms = [m for m in net.modules() if isinstance(m, InstanceNorm)]
 
-    def record(module: nn.Module, inputs: tuple[torch.Tensor], _: torch.Tensor) -> None:
-        x = inputs[0].float()
-        stats[module] = (x.mean((-2, -1), keepdim=True), x.var((-2, -1), unbiased=False, keepdim=True))
+    def record(module: InstanceNorm, inputs: tuple[torch.Tensor], _: torch.Tensor) -> None:
+        module.shared_stats = module.statistics(inputs[0])
 
     hooks = [m.register_forward_hook(record) for m in norms]
     try:
-        run(image)
-    finally:
-        for hook in hooks:
-            hook.remove()
-
-    def normalise(module: nn.InstanceNorm2d, x: torch.Tensor) -> torch.Tensor:
-        mean, var = stats[module]
-        out = (x.float() - mean) / torch.sqrt(var + module.eps)
-        if module.affine:
-            out = out * module.weight.view(1, -1, 1, 1) + module.bias.view(1, -1, 1, 1)
-        return out.to(x.dtype)
-
-    for module in norms:
-        module.forward = lambda x, m=module: normalise(m, x)
-    try:
+        try:
+            run(image)
+        finally:
+            for hook in hooks:
+                hook.remove()
         yield
     finally:
         for module in norms:
-            del module.forward  # back to the class's forward
+            module.shared_stats = None
 
 
 def _starts(length: int, tile: int, step: int) -> list[int]:
