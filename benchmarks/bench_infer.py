@@ -78,8 +78,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1)
     parser.add_argument("--device", default="auto")
     parser.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
-    parser.add_argument("--ablation-max", type=int, default=1024,
-                        help="larger sizes run only the reference and the tuned default")
+    parser.add_argument(
+        "--ablation-max", type=int, default=1024, help="larger sizes run only the reference and the tuned default"
+    )
     parser.add_argument("--json", help="also write the report here")
     parser.add_argument("--child", nargs=2, metavar=("CONFIG", "SIZE"), help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -95,21 +96,38 @@ def main() -> None:
             outputs, reference_ms = {}, None
             for config in configs:
                 out = f"{tmp}/{size}_{len(outputs)}.pt"
-                command = [sys.executable, __file__, "--child", config, str(size), "--out", out, "--photo",
-                           args.photo, "--repeats", str(args.repeats), "--warmup", str(args.warmup),
-                           "--device", args.device, *(["--model", args.model] if args.model else [])]
+                command = [
+                    sys.executable,
+                    __file__,
+                    "--child",
+                    config,
+                    str(size),
+                    "--out",
+                    out,
+                    "--photo",
+                    args.photo,
+                    "--repeats",
+                    str(args.repeats),
+                    "--warmup",
+                    str(args.warmup),
+                    "--device",
+                    args.device,
+                    *(["--model", args.model] if args.model else []),
+                ]
                 subprocess.run(command, check=True)
                 result = json.loads(Path(out + ".json").read_text())
                 outputs[config] = torch.load(out)
                 reference_ms = reference_ms or result["ms"]
-                rows.append({
-                    "size": f"{size}x{size}",
-                    "config": config,
-                    "ms/image": result["ms"],
-                    "speed-up": reference_ms / result["ms"],
-                    "peak MB": result["peak_mb"],
-                    "PSNR vs fp32 dB": psnr(outputs[config], outputs[configs[0]]),
-                })
+                rows.append(
+                    {
+                        "size": f"{size}x{size}",
+                        "config": config,
+                        "ms/image": result["ms"],
+                        "speed-up": reference_ms / result["ms"],
+                        "peak MB": result["peak_mb"],
+                        "PSNR vs fp32 dB": psnr(outputs[config], outputs[configs[0]]),
+                    }
+                )
     tuned = Stylizer(TransformerNet(channels=4, num_res_blocks=0), device=args.device)
     extra = {
         "tuned (default)": f"device={tuned.device}, autocast={tuned.dtype or 'off (fp32)'}, channels_last, "

@@ -78,16 +78,18 @@ def stylize_tiled(
     output = torch.zeros(1, 3, height, width)
     total = torch.zeros(1, 1, height, width)
     step = tile - overlap
+    rows, columns = _starts(height, tile, step), _starts(width, tile, step)
     with shared_instance_norm(net, small, run):
-        for top in _starts(height, tile, step):
-            for left in _starts(width, tile, step):
-                patch = image[..., top : top + tile, left : left + tile]
-                out = run(patch).float().cpu()
-                h, w = out.shape[-2:]
+        for top in rows:
+            # The last tile reaches the edge (up to 3 pixels more than ``tile``, as starts are aligned).
+            bottom = height if top == rows[-1] else top + tile
+            for left in columns:
+                right = width if left == columns[-1] else left + tile
+                out = run(image[..., top:bottom, left:right]).float().cpu()
                 weight = (
-                    _ramp(h, overlap, top == 0, top + h >= height)[:, None]
-                    * _ramp(w, overlap, left == 0, left + w >= width)[None, :]
+                    _ramp(bottom - top, overlap, top == 0, bottom == height)[:, None]
+                    * _ramp(right - left, overlap, left == 0, right == width)[None, :]
                 )
-                output[..., top : top + h, left : left + w] += out * weight
-                total[..., top : top + h, left : left + w] += weight
+                output[..., top:bottom, left:right] += out * weight
+                total[..., top:bottom, left:right] += weight
     return output / total.clamp_min(1e-8)

@@ -1,0 +1,128 @@
+"""infer.py on real photos: files, folders, options, and every kind of bad input."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from safetensors.torch import save_file
+
+from nst_ff.config import PROJECT_ROOT
+from nst_ff.export import ModelFileError, load_model, save_model
+from nst_ff.net import TransformerNet
+from tests.conftest import SAMPLES
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("model") / "tiny.safetensors"
+    save_model(path, TransformerNet(channels=8, num_res_blocks=1), {"style": "tiny", "steps": 0})
+    return path
+
+
+def infer(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "infer.py"), *args],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+
+
+def test_single_file(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.png"
+    result = infer(f"model={model}", f"input={SAMPLES / 'chelsea.jpg'}", f"output={out}")
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout
+    assert Image.open(out).size == Image.open(SAMPLES / "chelsea.jpg").size
+
+
+def test_folder_keeps_tree_skips_bad_files_and_lists_failures(model: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    (photos / "nested").mkdir(parents=True)
+    shutil.copy(SAMPLES / "coffee.jpg", photos / "coffee.jpg")
+    shutil.copy(SAMPLES / "rocket.jpg", photos / "nested" / "rocket.JPG")
+    Image.open(SAMPLES / "chelsea.jpg").convert("RGBA").save(photos / "nested" / "cat.png")
+    (photos / "broken.jpg").write_bytes((SAMPLES / "coffee.jpg").read_bytes()[:5000])
+    (photos / "empty.png").write_bytes(b"")
+    out = tmp_path / "styled"
+    result = infer(f"model={model}", f"input={photos}", f"output={out}")
+    assert result.returncode == 1
+    written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
+    assert written == ["coffee.jpg", "nested/cat.png", "nested/rocket.JPG"]
+    assert Image.open(out / "nested" / "cat.png").mode == "RGBA"
+    assert "broken.jpg" in result.stderr and "empty.png" in result.stderr
+    assert "2 of 5 image(s) failed" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_existing_outputs_are_kept_unless_overwrite(model: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out.jpg"
+    out.write_bytes(b"precious")
+    result = infer(f"model={model}", f"input={SAMPLES / 'coffee.jpg'}", f"output={out}")
+    assert result.returncode == 0 and "kept" in result.stdout and out.read_bytes() == b"precious"
+    result = infer(f"model={model}", f"input={SAMPLES / 'coffee.jpg'}", f"output={out}", "overwrite=true")
+    assert result.returncode == 0 and Image.open(out).size == (600, 400)
+
+
+def test_inputs_are_never_overwritten(model: Path, tmp_path: Path) -> None:
+    photo = tmp_path / "photo.jpg"
+    shutil.copy(SAMPLES / "coffee.jpg", photo)
+    before = photo.read_bytes()
+    result = infer(f"model={model}", f"input={photo}", f"output={photo}", "overwrite=true")
+    assert result.returncode == 1 and "is an input" in result.stderr
+    assert photo.read_bytes() == before
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["model=no_such_model", "input=x.jpg"], "no_such_model: no such model file or shipped model"),
+        (["input=/no/such.jpg"], "/no/such.jpg: no such file or folder"),
+        (["strength=2"], "strength=2"),
+        (["output=/proc/forbidden/out.jpg"], "cannot write"),
+    ],
+)
+def test_bad_arguments_give_one_line(model: Path, args: list[str], message: str) -> None:
+    defaults = {"model": f"model={model}", "input": f"input={SAMPLES / 'coffee.jpg'}"}
+    for arg in args:
+        defaults[arg.split("=")[0]] = arg
+    result = infer(*defaults.values())
+    assert result.returncode != 0
+    assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_model_files_are_refused_without_running_code(model: Path, tmp_path: Path) -> None:
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(model.read_bytes()[:1000])
+    other_arch = tmp_path / "other.safetensors"
+    save_file(
+        {"conv.weight": torch.zeros(1)},
+        other_arch,
+        metadata={"format": "nst_ff.model/1", "net": "{}", "metadata": "{}"},
+    )
+    foreign = tmp_path / "foreign.safetensors"
+    save_file({"x": torch.zeros(1)}, foreign)
+    pickled = tmp_path / "evil.ckpt"
+    pickled.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    for path, message in [
+        (truncated, "not a readable model file"),
+        (other_arch, "do not fit a TransformerNet"),
+        (foreign, "not an nst-ff model"),
+        (pickled, "not a readable nst-ff training checkpoint"),
+    ]:
+        with pytest.raises(ModelFileError, match=message):
+            load_model(path)
+        result = infer(f"model={path}", f"input={SAMPLES / 'coffee.jpg'}", f"output={tmp_path / 'o.jpg'}")
+        assert result.returncode == 2 and message in result.stderr and "pwned" not in result.stdout
+
+
+def test_list_models() -> None:
+    result = infer("list=true")
+    assert result.returncode == 0 and result.stdout.strip()

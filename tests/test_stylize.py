@@ -1,0 +1,189 @@
+"""The inference fast paths give the fp32 reference's output; the user-facing options do what they say."""
+
+from __future__ import annotations
+
+import io
+import math
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from nst_ff.images import decode, load_image, to_pil
+from nst_ff.net import InstanceNorm, TransformerNet
+from nst_ff.stylize import Stylizer, _rgb_to_ycbcr, resolve_dtype
+from nst_ff.tiling import stylize_tiled
+from tests.conftest import SAMPLES
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a - b) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+@pytest.fixture(scope="module")
+def net() -> TransformerNet:
+    """A small net with instance-norm parameters away from identity, so statistics matter."""
+    torch.manual_seed(0)
+    net = TransformerNet(channels=8, num_res_blocks=2).eval()
+    for module in net.modules():
+        if isinstance(module, InstanceNorm):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return net
+
+
+@pytest.fixture(scope="module")
+def photo() -> torch.Tensor:
+    return load_image(SAMPLES / "rocket.jpg")[..., :201, :303]  # odd size on purpose
+
+
+def reference(net: TransformerNet, image: torch.Tensor) -> torch.Tensor:
+    return Stylizer(net, precision="fp32", channels_last=False, fast_allocator=False)(image)
+
+
+def test_instance_norm_matches_torch_in_both_memory_formats() -> None:
+    torch.manual_seed(1)
+    ours, theirs = InstanceNorm(6, affine=True), torch.nn.InstanceNorm2d(6, affine=True)
+    ours.weight.data.uniform_(0.5, 2)
+    ours.bias.data.uniform_(-1, 1)
+    theirs.load_state_dict(ours.state_dict())
+    x = torch.randn(2, 6, 9, 13) * 3 + 1
+    expected = theirs(x)
+    assert torch.allclose(ours(x), expected, atol=1e-5)
+    channels_last = ours(x.contiguous(memory_format=torch.channels_last))
+    assert torch.allclose(channels_last, expected, atol=1e-5)
+    assert channels_last.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_default_fast_path_matches_fp32_reference(net: TransformerNet, photo: torch.Tensor) -> None:
+    fast = Stylizer(net)(photo)
+    assert fast.shape == photo.shape
+    assert psnr(fast, reference(net, photo)) > 40
+
+
+def test_bf16_path_stays_close_to_fp32(net: TransformerNet, photo: torch.Tensor) -> None:
+    out = Stylizer(net, precision="bf16")(photo)
+    assert out.shape == photo.shape and out.dtype == torch.float32
+    assert psnr(out, reference(net, photo)) > 30
+
+
+def test_compiled_path_matches_and_serves_new_sizes(net: TransformerNet) -> None:
+    stylizer = Stylizer(net, compile=True)
+    for size in [(48, 64), (37, 51)]:
+        image = torch.rand(1, 3, *size)
+        assert torch.allclose(stylizer(image), reference(net, image), atol=1e-4)
+
+
+def test_auto_precision_choices() -> None:
+    assert resolve_dtype(torch.device("cuda"), "auto") == torch.float16
+    assert resolve_dtype(torch.device("cpu"), "fp32") is None
+    with pytest.raises(ValueError, match="unknown precision"):
+        resolve_dtype(torch.device("cpu"), "int8")
+
+
+def test_tiles_agree_with_the_whole_image(net: TransformerNet, photo: torch.Tensor) -> None:
+    whole = reference(net, photo)
+    tiled = Stylizer(net, tile_above=64 * 64, tile_size=96, tile_overlap=32)(photo)
+    assert tiled.shape == photo.shape
+    assert psnr(tiled, whole) > 38
+    # Without shared statistics and overlap, tiles visibly disagree: the test above can fail.
+    with torch.inference_mode():
+        naive = torch.zeros_like(photo)
+        for top in range(0, photo.shape[-2], 96):
+            for left in range(0, photo.shape[-1], 96):
+                naive[..., top : top + 96, left : left + 96] = net(photo[..., top : top + 96, left : left + 96])
+    assert psnr(naive, whole) < psnr(tiled, whole) - 5
+
+
+def test_tiling_uses_downscaled_statistics_for_huge_images(net: TransformerNet, photo: torch.Tensor) -> None:
+    with torch.inference_mode():
+        out = stylize_tiled(net, photo, net, tile=64, overlap=16, stats_size=100)
+    assert out.shape == photo.shape and psnr(out, reference(net, photo)) > 25
+    assert all(m.shared_stats is None for m in net.modules() if isinstance(m, InstanceNorm))
+
+
+@pytest.mark.parametrize("size", [(1, 1), (2, 3), (5, 4), (333, 17)])
+def test_any_size_in_same_size_out(net: TransformerNet, size: tuple[int, int]) -> None:
+    image = torch.rand(3, *size)
+    assert Stylizer(net).stylize(image).shape == image.shape
+
+
+def test_strength_zero_returns_the_input_and_blends_linearly(net: TransformerNet, photo: torch.Tensor) -> None:
+    stylizer = Stylizer(net)
+    assert torch.equal(stylizer.stylize(photo, strength=0.0), photo)
+    full = stylizer.stylize(photo)
+    half = stylizer.stylize(photo, strength=0.5)
+    assert torch.allclose(half, 0.5 * full + 0.5 * photo, atol=1e-5)
+    with pytest.raises(ValueError, match="strength"):
+        stylizer.stylize(photo, strength=1.5)
+
+
+def test_preserve_color_keeps_chroma_and_takes_luminance(net: TransformerNet, photo: torch.Tensor) -> None:
+    stylizer = Stylizer(net)
+    kept = stylizer.stylize(photo, preserve_color=True)
+    ycc_kept, ycc_photo, ycc_styled = (_rgb_to_ycbcr(x) for x in (kept, photo, stylizer.stylize(photo)))
+    inside = (kept > 0.01) & (kept < 0.99)  # where no channel was clipped to [0, 1]
+    inside = inside.all(dim=1, keepdim=True).expand_as(ycc_kept)
+    chroma = (ycc_kept - ycc_photo)[:, 1:][inside[:, 1:]].abs()
+    assert chroma.max() < 1e-4
+    luma = (ycc_kept - ycc_styled)[:, :1][inside[:, :1]].abs()
+    assert luma.mean() < 1e-3
+
+
+def test_max_size_downscales_first_and_returns_the_original_size(net: TransformerNet, photo: torch.Tensor) -> None:
+    seen = []
+    stylizer = Stylizer(net)
+    original = stylizer.forward
+    stylizer.forward = lambda x: seen.append(tuple(x.shape[-2:])) or original(x)
+    out = stylizer.stylize(photo, max_size=100)
+    assert seen == [(66, 100)] and out.shape == photo.shape
+
+
+def test_pil_in_pil_out_keeps_alpha(net: TransformerNet) -> None:
+    rgba = Image.open(SAMPLES / "chelsea.jpg").convert("RGBA")
+    alpha = Image.linear_gradient("L").resize(rgba.size)
+    rgba.putalpha(alpha)
+    out = Stylizer(net).stylize(rgba)
+    assert out.mode == "RGBA" and out.size == rgba.size
+    assert list(out.getchannel("A").getdata()) == list(alpha.getdata())
+
+
+def _photo_in_mode(photo: Image.Image, mode: str) -> Image.Image:
+    grey = np.asarray(photo.convert("L"))
+    if mode == "I;16":
+        return Image.fromarray(grey.astype(np.uint16) * 257)  # full 16-bit range
+    if mode == "I":
+        return Image.fromarray(grey.astype(np.uint16) * 257).convert("I")
+    if mode == "F":
+        return Image.fromarray(grey.astype(np.float32) / 255)
+    return photo.convert(mode)
+
+
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "LA", "PA", "I;16", "I", "F", "1"])
+def test_every_pillow_mode_decodes_to_rgb(mode: str) -> None:
+    photo = Image.open(SAMPLES / "coffee.jpg")
+    image = _photo_in_mode(photo, mode)
+    assert image.mode == mode
+    picture = decode(image)
+    assert picture.rgb.shape == (3, photo.height, photo.width)
+    assert 0 <= picture.rgb.min() and picture.rgb.max() <= 1
+    grey = torch.from_numpy(np.asarray(photo.convert("L"), dtype=np.float32)) / 255
+    if mode in ("L", "LA", "I;16", "I", "F"):
+        assert (picture.rgb[0] - grey).abs().max() < 1.5 / 255  # 16-bit and float land on the same scale
+    if mode == "CMYK":
+        assert (picture.rgb - decode(photo).rgb).abs().mean() < 0.02
+    assert (picture.alpha is not None) == (mode in ("LA", "PA"))
+
+
+def test_exif_orientation_is_applied() -> None:
+    photo = Image.open(SAMPLES / "chelsea.jpg")
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    buffer = io.BytesIO()
+    photo.save(buffer, "JPEG", exif=exif, quality=95)
+    rotated = decode(Image.open(buffer))
+    expected = decode(photo.transpose(Image.Transpose.ROTATE_270)).rgb
+    assert rotated.rgb.shape == expected.shape == (3, photo.width, photo.height)
+    assert (rotated.rgb - expected).abs().mean() < 0.02  # only JPEG re-encoding differs
