@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from nst_ff.checkpoint import AtomicCheckpointIO
-from nst_ff.config import register_resolvers
+from nst_ff.config import register_resolvers, style_path_overrides
 from nst_ff.device import keep_freed_memory
 from nst_ff.errors import UserError
 from nst_ff.export import save_model
@@ -74,4 +74,5 @@ def main(cfg: DictConfig) -> None:
 
 
 if __name__ == "__main__":
+    sys.argv[1:] = style_path_overrides(sys.argv[1:])
     main()

