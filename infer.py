@@ -12,18 +12,14 @@ import sys
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from nst_ff.errors import UserError
+from nst_ff.errors import exit_on_user_error
 from nst_ff.infer import run
 
 
 @hydra.main(version_base="1.3", config_path="conf/infer", config_name="infer")
 def main(cfg: DictConfig) -> None:
-    try:
-        status = run(OmegaConf.to_container(cfg, resolve=True))
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        status = 2
-    sys.exit(status)
+    with exit_on_user_error():
+        sys.exit(run(OmegaConf.to_container(cfg, resolve=True)))
 
 
 if __name__ == "__main__":

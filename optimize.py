@@ -12,7 +12,7 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from nst_ff.config import register_resolvers, style_path_overrides
-from nst_ff.errors import UserError
+from nst_ff.errors import exit_on_user_error
 from nst_ff.optimize import run
 
 register_resolvers()
@@ -20,11 +20,8 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="optimize")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error():
         print(f"wrote {run(OmegaConf.to_container(cfg, resolve=True))}")
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -20,7 +20,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from nst_ff.checkpoint import AtomicCheckpointIO
 from nst_ff.config import register_resolvers, style_path_overrides
 from nst_ff.device import keep_freed_memory
-from nst_ff.errors import UserError
+from nst_ff.errors import UserError, exit_on_user_error
 from nst_ff.export import save_model
 
 register_resolvers()
@@ -66,11 +66,8 @@ def train(cfg: DictConfig) -> Path | None:
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> None:
-    try:
+    with exit_on_user_error():
         train(cfg)
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
-        sys.exit(2)
 
 
 if __name__ == "__main__":

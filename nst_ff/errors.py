@@ -3,6 +3,20 @@
 Entry points print these as one line and exit non-zero; anything else is a bug and keeps its traceback.
 """
 
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 
 class UserError(Exception):
     """Base class: the message names the file or setting, what is wrong, and what to do."""
+
+
+@contextmanager
+def exit_on_user_error() -> Iterator[None]:
+    """For entry points: a ``UserError`` becomes one line on stderr and exit status 2, no traceback."""
+    try:
+        yield
+    except UserError as error:
+        print(f"error: {error}", file=sys.stderr)
+        sys.exit(2)

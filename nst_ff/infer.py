@@ -46,8 +46,6 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
         raise UserError(f"{output}: several inputs need an output folder, not an image file name")
     pairs = []
     for source in inputs:
-        if not source.exists():
-            raise UserError(f"{source}: no such file or folder")
         if source.is_dir():
             target = output or source.with_name(f"{source.name}_{model_name}")
             files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
