@@ -20,9 +20,8 @@ import torch
 from torchvision.utils import make_grid
 
 from nst_ff.config import PROJECT_ROOT
-from nst_ff.data import find_images
 from nst_ff.export import load_model
-from nst_ff.images import load_image, resize, write_picture
+from nst_ff.images import find_images, load_image, resize, write_picture
 from nst_ff.infer import resolve_model
 from nst_ff.module import file_sha256
 from nst_ff.optimize import coarse_to_fine

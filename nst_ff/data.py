@@ -15,19 +15,11 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from nst_ff.images import IMAGE_EXTENSIONS, ImageError, read_picture
+from nst_ff.images import ImageError, find_images, read_picture
 
 log = logging.getLogger(__name__)
 
 TRAIN_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
-
-
-def find_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files under ``root`` (recursive, extension matched in any case), sorted for reproducibility."""
-    root = Path(root)
-    if not root.is_dir():
-        raise ImageError(f"{root}: no such folder; set data.root to a folder of photos")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
 
 
 def is_decodable(path: Path) -> bool:
@@ -170,6 +162,9 @@ class PhotoDataModule(pl.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         if self.train_set is not None:
             return
+        for key, folder in (("data.root", self.root), ("data.val_root", self.val_root)):
+            if not Path(folder).is_dir():
+                raise ImageError(f"{folder}: no such folder; set {key} to a folder of photos")
         files = usable_images(find_images(self.root, TRAIN_EXTENSIONS), self.verify)
         if len(files) < self.batch_size:
             raise ImageError(

@@ -27,6 +27,14 @@ class ImageError(UserError, ValueError):
     """A user's image file cannot be used; the message names the file and the reason."""
 
 
+def find_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
+    """Image files under ``root`` (recursive, extension matched in any case), sorted for reproducibility."""
+    root = Path(root)
+    if not root.is_dir():
+        raise ImageError(f"{root}: no such folder")
+    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+
+
 @dataclass
 class Picture:
     """``rgb``: (3, H, W) float in [0, 1], sRGB; ``alpha``: (1, H, W) in [0, 1] or None."""

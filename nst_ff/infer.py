@@ -10,7 +10,7 @@ from tqdm import tqdm
 from nst_ff.config import PROJECT_ROOT
 from nst_ff.errors import UserError
 from nst_ff.export import load_model
-from nst_ff.images import IMAGE_EXTENSIONS, ImageError, read_picture, write_picture
+from nst_ff.images import IMAGE_EXTENSIONS, ImageError, find_images, read_picture, write_picture
 from nst_ff.stylize import Stylizer
 
 SHIPPED = PROJECT_ROOT / "checkpoints"
@@ -48,8 +48,7 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     for source in inputs:
         if source.is_dir():
             target = output or source.with_name(f"{source.name}_{model_name}")
-            files = sorted(p for p in source.rglob("*") if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file())
-            pairs += [(f, target / f.relative_to(source)) for f in files]
+            pairs += [(f, target / f.relative_to(source)) for f in find_images(source)]
         else:
             target = output or source.parent
             pairs.append((source, target / f"{source.stem}_{model_name}{source.suffix}"))

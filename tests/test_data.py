@@ -5,8 +5,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from nst_ff.data import PhotoDataModule, PhotoDataset, ResumableSampler, find_images, usable_images
-from nst_ff.images import ImageError
+from nst_ff.data import PhotoDataModule, PhotoDataset, ResumableSampler, usable_images
+from nst_ff.images import ImageError, find_images
 
 
 @pytest.fixture
