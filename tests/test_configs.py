@@ -53,3 +53,18 @@ def test_configs_instantiate_the_package_classes() -> None:
     assert isinstance(instantiate(cfg.data), PhotoDataModule)
     model = instantiate(cfg.model, _convert_="all")
     assert isinstance(model, StyleTransferModule) and model.net.config["channels"] == 8
+
+
+@pytest.mark.parametrize("loss", options("loss"))
+def test_optimize_config_composes_with_every_loss_preset(loss: str) -> None:
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("optimize", overrides=[f"loss={loss}", "content=a.jpg", "output_dir=/tmp/x"])
+    OmegaConf.resolve(cfg)
+    assert cfg.loss == compose_train([f"loss={loss}"]).loss  # the training presets, unchanged
+    assert cfg.optimizer == "lbfgs" and list(cfg.sizes) == [512] and Path(cfg.style.image).is_file()
+
+
+def test_infer_config_composes() -> None:
+    with initialize_config_dir(str(CONFIG_DIR / "infer"), version_base="1.3"):
+        cfg = compose("infer", overrides=["model=starry_night", "input=photo.jpg"])
+    assert cfg.model == "starry_night" and cfg.strength == 1.0 and cfg.precision == "auto"
