@@ -53,6 +53,8 @@ def train(cfg: DictConfig) -> Path | None:
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # ModelCheckpoint saves every N steps only: the run's final step is saved too, whatever it is.
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
     if not (cfg.export and trainer.is_global_zero):
         return None
     path = out / "checkpoints" / f"{cfg.style.name}.safetensors"

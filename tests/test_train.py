@@ -50,7 +50,11 @@ def six_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_training_lowers_the_loss_and_logs_to_tensorboard(tmp_path: Path) -> None:
-    run_training(tmp_path, "trainer.max_steps=30", "trainer.val_check_interval=15", "model.lr=1e-2")
+    run_training(
+        tmp_path, "trainer.max_steps=30", "trainer.val_check_interval=15", "model.lr=1e-2", "checkpoint.every_n_steps=4"
+    )
+    last = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert last["global_step"] == 30  # the end of the run is saved, not only multiples of 4
     losses = [value for _, value in scalars(tmp_path, "train/loss")]
     assert len(losses) == 30
     assert sum(losses[-5:]) / 5 < 0.5 * sum(losses[:5]) / 5
