@@ -187,3 +187,11 @@ def test_exif_orientation_is_applied() -> None:
     expected = decode(photo.transpose(Image.Transpose.ROTATE_270)).rgb
     assert rotated.rgb.shape == expected.shape == (3, photo.width, photo.height)
     assert (rotated.rgb - expected).abs().mean() < 0.02  # only JPEG re-encoding differs
+
+
+def test_decompression_bombs_are_refused(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nst_ff.images import ImageError, read_picture
+
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # rocket.jpg has 273k pixels, > 2x the limit
+    with pytest.raises(ImageError, match="decompression bomb"):
+        read_picture(SAMPLES / "rocket.jpg")
