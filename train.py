@@ -52,9 +52,10 @@ def train(cfg: DictConfig) -> Path | None:
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     if logger:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path)
+    # weights_only: resuming never unpickles code from a checkpoint file.
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.ckpt_path, weights_only=True)
     # ModelCheckpoint saves every N steps only: the run's final step is saved too, whatever it is.
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt")
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)  # full: resumable
     if not (cfg.export and trainer.is_global_zero):
         return None
     path = out / "checkpoints" / f"{cfg.style.name}.safetensors"
