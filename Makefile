@@ -1,4 +1,5 @@
-# make demo: set up .venv and train the bundled smoke experiment (offline, about a minute on a laptop CPU)
+# make demo: set up .venv, train the bundled smoke experiment (offline, about a minute on a CPU), then
+#            stylise the bundled sample photos with the shipped starry_night model into outputs/demo/
 # make test: set up .venv and run the test suite
 VENV ?= .venv
 PYTHON ?= python3
@@ -21,6 +22,7 @@ setup: $(VENV)/.installed
 
 demo: setup
 	$(PY) train.py experiment=smoke
+	$(PY) infer.py model=starry_night input=assets/samples output=outputs/demo overwrite=true
 
 test: setup
 	$(PY) -m pytest -q

@@ -123,6 +123,18 @@ def test_bad_model_files_are_refused_without_running_code(model: Path, tmp_path:
         assert result.returncode == 2 and message in result.stderr and "pwned" not in result.stdout
 
 
-def test_list_models() -> None:
+def test_list_models_shows_every_shipped_model() -> None:
     result = infer("list=true")
-    assert result.returncode == 0 and result.stdout.strip()
+    shipped = sorted((PROJECT_ROOT / "checkpoints").glob("*.safetensors"))
+    assert result.returncode == 0 and shipped
+    for path in shipped:
+        assert path.stem in result.stdout
+
+
+@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "checkpoints").glob("*.safetensors")), ids=lambda p: p.stem)
+def test_shipped_models_say_how_they_were_made(path: Path) -> None:
+    net, meta = load_model(path)
+    assert meta["style"] == path.stem and meta["steps"] > 0 and meta["command"].startswith("python train.py")
+    assert meta["config"]["style"]["name"] == path.stem and meta["net"] == net.config
+    assert (PROJECT_ROOT / "assets" / "styles" / meta["style_image"]).is_file()
+    assert path.stat().st_size < 10 * 2**20
