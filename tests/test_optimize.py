@@ -47,6 +47,31 @@ def test_a_few_steps_lower_the_loss(johnson_loss: PerceptualLoss, content: torch
     assert total(johnson_loss, result, content) < 0.7 * total(johnson_loss, start, content)
 
 
+def test_lbfgs_keeps_going_and_beats_adam_per_evaluation(johnson_loss: PerceptualLoss, content: torch.Tensor) -> None:
+    """The strong-Wolfe line search stalled after a few dozen steps (the clamp moves its pixels), and
+    torch's absolute tolerances stop L-BFGS at once on the relative objective: neither may come back."""
+    curves = {}
+    for optimizer in ("lbfgs", "adam"):
+        curves[optimizer] = seen = []
+        optimize_pixels(
+            johnson_loss,
+            content,
+            content,
+            80,
+            optimizer,
+            callback=lambda s, terms, i, seen=seen: seen.append(terms.total.item()),
+        )
+    lbfgs = curves["lbfgs"]
+    assert min(lbfgs[40:]) < 0.9 * min(lbfgs[:40])  # still improving in the second half
+    assert min(lbfgs) < min(curves["adam"])
+
+
+def test_the_lowest_loss_image_is_returned(johnson_loss: PerceptualLoss, content: torch.Tensor) -> None:
+    """A diverging step size: the result is the best image seen, never worse than the start."""
+    result = optimize_pixels(johnson_loss, content, content, 6, "lbfgs", lr=1e4)
+    assert total(johnson_loss, result, content) <= total(johnson_loss, content, content)
+
+
 def test_init_modes(content: torch.Tensor) -> None:
     style = load_image(STYLE, 80)
     generator = torch.Generator().manual_seed(0)
