@@ -17,6 +17,12 @@ def exit_on_user_error() -> Iterator[None]:
     """For entry points: a ``UserError`` becomes one line on stderr and exit status 2, no traceback."""
     try:
         yield
-    except UserError as error:
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        # Hydra's instantiate wraps what a constructor raised: the user's mistake is the cause.
+        cause: BaseException | None = error
+        while cause is not None and not isinstance(cause, UserError):
+            cause = cause.__cause__
+        if cause is None:
+            raise
+        print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)

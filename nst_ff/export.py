@@ -14,11 +14,13 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
+from nst_ff.config import PROJECT_ROOT
 from nst_ff.errors import UserError
 from nst_ff.files import atomic_write
 from nst_ff.net import TransformerNet
 
 FORMAT = "nst_ff.model/1"
+SHIPPED = PROJECT_ROOT / "checkpoints"
 
 
 class ModelFileError(UserError, ValueError):
@@ -52,6 +54,18 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str
     if header.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an nst-ff model (format {header.get('format')!r}, expected {FORMAT!r})")
     return state, json.loads(header["net"]), json.loads(header["metadata"])
+
+
+def resolve_model(name_or_path: str) -> Path:
+    """A shipped model's name (``checkpoints/<name>.safetensors``) or a path to a model file."""
+    path = Path(name_or_path).expanduser()
+    if path.is_file():
+        return path
+    shipped = SHIPPED / f"{name_or_path}.safetensors"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(p.stem for p in sorted(SHIPPED.glob("*.safetensors"))) or "none shipped"
+    raise UserError(f"{name_or_path}: no such model file or shipped model (shipped: {names})")
 
 
 def load_model(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:

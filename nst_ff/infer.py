@@ -7,25 +7,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from nst_ff.config import PROJECT_ROOT
 from nst_ff.errors import UserError
-from nst_ff.export import load_model
+from nst_ff.export import SHIPPED, load_model, resolve_model
 from nst_ff.images import IMAGE_EXTENSIONS, ImageError, find_images, read_picture, write_picture
 from nst_ff.stylize import Stylizer
-
-SHIPPED = PROJECT_ROOT / "checkpoints"
-
-
-def resolve_model(name_or_path: str) -> Path:
-    """A shipped model's name (``checkpoints/<name>.safetensors``) or a path to a model file."""
-    path = Path(name_or_path).expanduser()
-    if path.is_file():
-        return path
-    shipped = SHIPPED / f"{name_or_path}.safetensors"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(p.stem for p in sorted(SHIPPED.glob("*.safetensors"))) or "none shipped"
-    raise UserError(f"{name_or_path}: no such model file or shipped model (shipped: {names})")
 
 
 def list_models() -> list[str]:
