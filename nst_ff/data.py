@@ -15,6 +15,7 @@ import torchvision.transforms.v2.functional as TF
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from nst_ff.errors import UserError
 from nst_ff.images import ImageError, find_images, read_picture
 
 log = logging.getLogger(__name__)
@@ -46,13 +47,17 @@ def usable_images(files: list[Path], verify: bool = True) -> list[Path]:
     return [path for path, good in zip(files, ok, strict=True) if good]
 
 
-def random_crop(image: torch.Tensor, size: int, flip: bool, generator: torch.Generator) -> torch.Tensor:
-    """Resize the short side to ``size``, take a random ``size`` x ``size`` crop, maybe flip."""
+def random_crop(
+    image: torch.Tensor, size: int, flip: bool, generator: torch.Generator, crop: int | None = None
+) -> torch.Tensor:
+    """Resize the short side to ``size``, take a random ``crop`` x ``crop`` square (default ``size``),
+    maybe flip."""
+    crop = crop or size
     tensor = TF.resize(image, size, antialias=True)
     height, width = tensor.shape[-2:]
-    top = int(torch.randint(height - size + 1, (1,), generator=generator))
-    left = int(torch.randint(width - size + 1, (1,), generator=generator))
-    tensor = tensor[:, top : top + size, left : left + size]
+    top = int(torch.randint(height - crop + 1, (1,), generator=generator))
+    left = int(torch.randint(width - crop + 1, (1,), generator=generator))
+    tensor = tensor[:, top : top + crop, left : left + crop]
     if flip and bool(torch.rand((), generator=generator) < 0.5):
         tensor = tensor.flip(-1)
     return tensor.clamp(0, 1)
@@ -67,9 +72,10 @@ class PhotoDataset(Dataset):
     """Indexed by ``(index, sample_seed)`` pairs from ``ResumableSampler``: the seed fixes the crop and
     flip, so a resumed run sees exactly the batches an uninterrupted one would have."""
 
-    def __init__(self, files: list[Path], image_size: int, flip: bool = True) -> None:
+    def __init__(self, files: list[Path], image_size: int, flip: bool = True, crop_size: int | None = None) -> None:
         self.files = files
         self.image_size = image_size
+        self.crop_size = crop_size
         self.flip = flip
         self.failures = 0
 
@@ -83,7 +89,7 @@ class PhotoDataset(Dataset):
         for offset in range(len(self.files)):
             path = self.files[(index + offset) % len(self.files)]
             try:
-                return random_crop(read_picture(path).rgb, self.image_size, self.flip, generator)
+                return random_crop(read_picture(path).rgb, self.image_size, self.flip, generator, self.crop_size)
             except ImageError as error:
                 self.failures += 1
                 if self.failures == 1:
@@ -150,10 +156,13 @@ class PhotoDataModule(pl.LightningDataModule):
         val_image_size: int = 256,
         val_count: int = 4,
         pin_memory: bool = False,
+        crop_size: int | None = None,
     ) -> None:
         super().__init__()
+        if crop_size is not None and not 0 < crop_size <= image_size:
+            raise UserError(f"data.crop_size={crop_size}: must be between 1 and data.image_size={image_size}")
         self.root, self.val_root = root, val_root
-        self.image_size, self.batch_size, self.flip = image_size, batch_size, flip
+        self.image_size, self.crop_size, self.batch_size, self.flip = image_size, crop_size, batch_size, flip
         self.num_workers, self.verify, self.seed = num_workers, verify, seed
         self.val_image_size, self.val_count, self.pin_memory = val_image_size, val_count, pin_memory
         self.train_set: PhotoDataset | None = None
@@ -171,7 +180,7 @@ class PhotoDataModule(pl.LightningDataModule):
                 f"{self.root}: {len(files)} usable image(s) (jpg/jpeg/png/webp/bmp, searched recursively), "
                 f"fewer than one batch of {self.batch_size}; point data.root at a folder of photos"
             )
-        self.train_set = PhotoDataset(files, self.image_size, self.flip)
+        self.train_set = PhotoDataset(files, self.image_size, self.flip, self.crop_size)
         val_files = usable_images(find_images(self.val_root, TRAIN_EXTENSIONS), True)[: self.val_count]
         if not val_files:
             raise ImageError(f"{self.val_root}: no usable validation image; set data.val_root to a folder of photos")

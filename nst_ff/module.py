@@ -11,6 +11,8 @@ import pytorch_lightning as pl
 import torch
 from torchvision.utils import make_grid
 
+from nst_ff.errors import UserError
+from nst_ff.export import load_model, resolve_model
 from nst_ff.images import load_image
 from nst_ff.net import TransformerNet
 from nst_ff.perceptual import LossTerms, PerceptualLoss
@@ -22,9 +24,23 @@ def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
+def load_initial_weights(name_or_path: str, config: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """Weights of a trained model (shipped name, ``.safetensors`` or ``.ckpt``) to start training from.
+
+    Starting from another style's model is a fine-tuning shortcut: the network already reconstructs
+    photos and only has to learn the new texture."""
+    path = resolve_model(name_or_path)
+    net, _ = load_model(path)
+    if net.config != config:
+        raise UserError(f"{path}: model.init_from has network {net.config}, this run builds {config}; match model.net")
+    return net.state_dict()
+
+
 class StyleTransferModule(pl.LightningModule):
     """``net`` kwargs build the TransformerNet; ``loss`` is a ``conf/loss`` preset; ``style`` holds the
-    style's ``name`` and ``image`` path. The VGG is built in ``setup`` and never saved in checkpoints."""
+    style's ``name`` and ``image`` path; ``init_from`` a trained model whose weights start the network
+    (not a resume: optimizer, step and data order start afresh). The VGG is built in ``setup`` and
+    never saved in checkpoints."""
 
     def __init__(
         self,
@@ -34,12 +50,15 @@ class StyleTransferModule(pl.LightningModule):
         lr: float = 1e-3,
         scheduler: str = "none",
         channels_last: bool = True,
+        init_from: str | None = None,
     ) -> None:
         super().__init__()
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
         self.save_hyperparameters()
         self.net = TransformerNet(**net)
+        if init_from:
+            self.net.load_state_dict(load_initial_weights(init_from, self.net.config))
         self.perceptual: PerceptualLoss | None = None
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self._last_step_time: float | None = None

@@ -4,9 +4,10 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision.transforms.v2.functional
 
 from nst_ff.data import PhotoDataModule, PhotoDataset, ResumableSampler, usable_images
-from nst_ff.images import ImageError, find_images
+from nst_ff.images import ImageError, find_images, read_picture
 
 
 @pytest.fixture
@@ -63,6 +64,23 @@ def test_crops_are_sized_in_range_and_fixed_by_the_seed(sample_photos: list[Path
     a, b, c = dataset[(1, 7)], dataset[(1, 7)], dataset[(1, 8)]
     assert a.shape == (3, 48, 48) and a.min() >= 0 and a.max() <= 1
     assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_crop_size_crops_the_resized_photo(sample_photos: list[Path]) -> None:
+    """Resize the short side to image_size, then crop crop_size: a crop is a part of the photo at the
+    full-size scale, not the whole photo shrunk."""
+    whole = PhotoDataset(sample_photos[:1], image_size=64, flip=False)[(0, 0)]
+    part = PhotoDataset(sample_photos[:1], image_size=64, flip=False, crop_size=24)[(0, 0)]
+    assert part.shape == (3, 24, 24)
+    resized = torch.nn.functional.interpolate(whole[None], size=(24, 24), mode="area")[0]
+    assert (part - resized).abs().mean() > 0.02  # not the 64 px crop shrunk to 24
+    windows = torch.nn.functional.unfold(
+        torchvision.transforms.v2.functional.resize(read_picture(sample_photos[0]).rgb, 64, antialias=True).clamp(0, 1)[
+            None
+        ],
+        24,
+    )
+    assert (windows - part.reshape(-1, 1)).abs().amax(0).min() < 1e-5  # an exact window of the resized photo
 
 
 def test_sampler_resumes_where_the_global_step_points() -> None:

