@@ -79,7 +79,10 @@ def run(cfg: dict) -> int:
             continue
         try:
             picture = stylizer.stylize_picture(
-                read_picture(source), cfg["strength"], cfg["preserve_color"], cfg["max_size"]
+                read_picture(source),
+                strength=cfg["strength"],
+                preserve_color=cfg["preserve_color"],
+                max_size=cfg["max_size"],
             )
             write_picture(target, picture.rgb, picture.alpha)
             progress.write(f"wrote {target}")

@@ -48,7 +48,7 @@ class Stylizer:
     """Stylise images with a trained TransformerNet.
 
     ``stylizer(images)`` maps (N, 3, H, W) float images in [0, 1] to stylised images of the same size
-    (on the CPU); ``stylizer.stylize(image, ...)`` does the same for one PIL image or tensor with the
+    (on the input's device); ``stylizer.stylize(image, ...)`` does the same for a PIL image or tensors with the
     user-facing options. The defaults are the fast path: inference mode, channels_last, the fastest
     precision that keeps outputs close to fp32 (``resolve_dtype``), cudnn autotuning on CUDA.
     ``compile=True`` adds torch.compile with dynamic shapes (one compilation serves every size);
@@ -89,42 +89,52 @@ class Stylizer:
         return self.forward(x)
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        """(N, 3, H, W) float images in [0, 1] -> stylised float32 images, same size, on the input's device."""
         autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
         with torch.inference_mode(), autocast:
             if images.shape[-2] * images.shape[-1] <= self.tile_above:
-                return self._run(images).float().cpu()
-            return torch.cat(
-                [stylize_tiled(self.net, image[None], self._run, self.tile_size, self.tile_overlap) for image in images]
-            )
+                out = self._run(images)
+            else:
+                out = torch.cat(
+                    [
+                        stylize_tiled(self.net, image[None], self._run, self.tile_size, self.tile_overlap)
+                        for image in images
+                    ]
+                )
+        return out.float().to(images.device)
 
-    def stylize_picture(
-        self, picture: Picture, strength: float = 1.0, preserve_color: bool = False, max_size: int | None = None
-    ) -> Picture:
-        """The stylised picture, same size, alpha kept. ``strength`` blends with the original (0: unchanged);
-        ``preserve_color`` keeps the photo's colours; ``max_size`` caps the long side the network sees
-        (the result is scaled back up to the original size)."""
+    def stylize_batch(
+        self, images: torch.Tensor, strength: float = 1.0, preserve_color: bool = False, max_size: int | None = None
+    ) -> torch.Tensor:
+        """(N, 3, H, W) images -> stylised images, same size and device. ``strength`` blends with the original
+        (0: unchanged); ``preserve_color`` keeps the photo's colours; ``max_size`` caps the long side the network
+        sees (the result is scaled back up to the original size)."""
         if not 0 <= strength <= 1:
             raise ValueError(f"strength must be between 0 and 1, got {strength}")
-        original = picture.rgb
-        height, width = original.shape[-2:]
         if strength == 0:
-            return Picture(original.clone(), picture.alpha)
-        work = original
+            return images.clone()
+        height, width = images.shape[-2:]
+        work = images
         if max_size and max(height, width) > max_size:
-            work = resize(original, long_side_size(height, width, max_size))
-        out = resize(self(work[None])[0], (height, width))
+            work = resize(images, long_side_size(height, width, max_size))
+        out = resize(self(work), (height, width))
         if preserve_color:
-            out = preserve_colors(out, original)
-        return Picture(strength * out + (1 - strength) * original, picture.alpha)
+            out = preserve_colors(out, images)
+        return out if strength == 1 else torch.lerp(images.float(), out, strength)
+
+    def stylize_picture(self, picture: Picture, **options: Any) -> Picture:
+        """The stylised picture, same size, alpha kept; ``options``: those of ``stylize_batch``."""
+        return Picture(self.stylize_batch(picture.rgb[None], **options)[0], picture.alpha)
 
     def stylize(self, image: Image.Image | torch.Tensor, **options: Any) -> Image.Image | torch.Tensor:
-        """One PIL image (any mode; alpha kept) or (3, H, W) / (1, 3, H, W) tensor in [0, 1] -> the
-        stylised image, same size and type. ``options``: those of ``stylize_picture``."""
+        """One PIL image (any mode; alpha kept), a (3, H, W) tensor or an (N, 3, H, W) batch in [0, 1] -> the
+        stylised image(s), same size, type and device. ``options``: those of ``stylize_batch``."""
         if isinstance(image, Image.Image):
             out = self.stylize_picture(decode(image), **options)
             return to_pil(out.rgb, out.alpha)
-        out = self.stylize_picture(Picture(image[0] if image.ndim == 4 else image), **options).rgb
-        return out[None] if image.ndim == 4 else out
+        if image.ndim == 4:
+            return self.stylize_batch(image, **options)
+        return self.stylize_batch(image[None], **options)[0]
 
 
 def _rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:

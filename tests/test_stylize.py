@@ -195,3 +195,13 @@ def test_decompression_bombs_are_refused(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 10_000)  # rocket.jpg has 273k pixels, > 2x the limit
     with pytest.raises(ImageError, match="decompression bomb"):
         read_picture(SAMPLES / "rocket.jpg")
+
+
+def test_stylize_returns_every_image_of_a_batch(net: TransformerNet, photo: torch.Tensor) -> None:
+    stylizer = Stylizer(net, precision="fp32")
+    batch = torch.cat([photo, photo.flip(-1), 1 - photo])
+    out = stylizer.stylize(batch, strength=0.7, preserve_color=True)
+    assert out.shape == batch.shape and out.device == batch.device
+    for image, styled in zip(batch, out, strict=True):
+        assert torch.allclose(stylizer.stylize(image, strength=0.7, preserve_color=True), styled, atol=1e-5)
+    assert psnr(out[0], out[2]) < 30  # different inputs, different outputs: no copy of the first
