@@ -13,10 +13,11 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from nst_ff.color import preserve_colors
+from nst_ff.device import resolve_device
 from nst_ff.errors import UserError
 from nst_ff.images import load_image, long_side_size, read_picture, resize, write_picture
 from nst_ff.perceptual import LossTerms, PerceptualLoss
-from nst_ff.stylize import preserve_colors, resolve_device
 
 INITS = ("content", "noise", "style")
 OPTIMIZERS = ("lbfgs", "adam")

@@ -12,36 +12,12 @@ from typing import Any
 import torch
 from PIL import Image
 
-from nst_ff.device import cpu_has_fast_bf16, keep_freed_memory
+from nst_ff.color import preserve_colors
+from nst_ff.device import keep_freed_memory, resolve_device, resolve_dtype
 from nst_ff.export import load_model
 from nst_ff.images import Picture, decode, long_side_size, resize, to_pil
 from nst_ff.net import TransformerNet
 from nst_ff.tiling import stylize_tiled
-
-PRECISIONS = ("auto", "fp32", "bf16", "fp16")
-
-
-def resolve_device(device: str = "auto") -> torch.device:
-    """``auto``: cuda, then mps, then cpu."""
-    if device != "auto":
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda")
-    if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
-        return torch.device("mps")
-    return torch.device("cpu")
-
-
-def resolve_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """Autocast dtype, or None for float32. ``auto`` picks fp16 on GPUs (more mantissa than bf16, so
-    outputs stay within 40 dB PSNR of fp32), bf16 on CPUs with native bf16, and fp32 elsewhere."""
-    if precision not in PRECISIONS:
-        raise ValueError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
-    if precision == "auto":
-        if device.type in ("cuda", "mps"):
-            return torch.float16
-        return torch.bfloat16 if device.type == "cpu" and cpu_has_fast_bf16() else None
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
 class Stylizer:
@@ -135,24 +111,3 @@ class Stylizer:
         if image.ndim == 4:
             return self.stylize_batch(image, **options)
         return self.stylize_batch(image[None], **options)[0]
-
-
-def _rgb_to_ycbcr(rgb: torch.Tensor) -> torch.Tensor:
-    r, g, b = rgb.unbind(-3)
-    y = 0.299 * r + 0.587 * g + 0.114 * b
-    return torch.stack([y, (b - y) * 0.564, (r - y) * 0.713], dim=-3)
-
-
-def _ycbcr_to_rgb(ycc: torch.Tensor) -> torch.Tensor:
-    y, cb, cr = ycc.unbind(-3)
-    r = y + cr / 0.713
-    b = y + cb / 0.564
-    g = (y - 0.299 * r - 0.114 * b) / 0.587
-    return torch.stack([r, g, b], dim=-3).clamp(0, 1)
-
-
-def preserve_colors(stylized: torch.Tensor, original: torch.Tensor) -> torch.Tensor:
-    """Luminance of ``stylized`` with the chroma of ``original`` (Gatys et al. 2017, colour preservation)."""
-    ycc = _rgb_to_ycbcr(original)
-    ycc[..., 0, :, :] = _rgb_to_ycbcr(stylized)[..., 0, :, :]
-    return _ycbcr_to_rgb(ycc)

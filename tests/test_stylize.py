@@ -10,9 +10,12 @@ import pytest
 import torch
 from PIL import Image
 
+from nst_ff.color import _rgb_to_ycbcr
+from nst_ff.device import resolve_dtype
+from nst_ff.errors import UserError
 from nst_ff.images import decode, load_image
 from nst_ff.net import InstanceNorm, TransformerNet
-from nst_ff.stylize import Stylizer, _rgb_to_ycbcr, resolve_dtype
+from nst_ff.stylize import Stylizer
 from nst_ff.tiling import stylize_tiled
 from tests.conftest import SAMPLES
 
@@ -79,7 +82,7 @@ def test_compiled_path_matches_and_serves_new_sizes(net: TransformerNet) -> None
 def test_auto_precision_choices() -> None:
     assert resolve_dtype(torch.device("cuda"), "auto") == torch.float16
     assert resolve_dtype(torch.device("cpu"), "fp32") is None
-    with pytest.raises(ValueError, match="unknown precision"):
+    with pytest.raises(UserError, match="unknown precision"):
         resolve_dtype(torch.device("cpu"), "int8")
 
 
