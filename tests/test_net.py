@@ -35,7 +35,41 @@ def test_config_variants_build_and_keep_size(norm: str, upsample: str) -> None:
     net = TransformerNet(channels=4, num_res_blocks=2, norm=norm, upsample=upsample).eval()
     with torch.no_grad():
         assert net(torch.rand(1, 3, 21, 10)).shape == (1, 3, 21, 10)
-    assert net.config == {"channels": 4, "num_res_blocks": 2, "norm": norm, "upsample": upsample}
+    assert net.config == {
+        "channels": 4,
+        "num_res_blocks": 2,
+        "norm": norm,
+        "upsample": upsample,
+        "separable": False,
+        "end_kernel": 9,
+    }
+
+
+@pytest.mark.parametrize(("separable", "end_kernel"), [(True, 9), (False, 5), (True, 3)])
+@pytest.mark.parametrize("size", [(1, 1), (21, 10), (33, 47)])
+def test_light_variants_build_and_keep_size(separable: bool, end_kernel: int, size: tuple[int, int]) -> None:
+    net = TransformerNet(channels=4, num_res_blocks=2, separable=separable, end_kernel=end_kernel).eval()
+    with torch.no_grad():
+        out = net(torch.rand(2, 3, *size))
+    assert out.shape == (2, 3, *size) and out.min() >= 0 and out.max() <= 1
+    assert net.body[0][1].kernel_size == (end_kernel, end_kernel) == net.body[-1][1].kernel_size
+    depthwise = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d) and m.groups > 1]
+    assert len(depthwise) == (4 if separable else 0)  # two per residual block
+    assert all(m.groups == m.in_channels == 16 for m in depthwise)
+
+
+def test_separable_blocks_are_lighter() -> None:
+    def params(net: TransformerNet) -> int:
+        return sum(p.numel() for p in net.parameters())
+
+    assert params(TransformerNet(channels=16, separable=True)) < params(TransformerNet(channels=16)) / 3
+
+
+def test_config_of_older_model_files_still_builds_the_same_net() -> None:
+    """Model files written before the light options record four keys; the defaults rebuild that net."""
+    old = TransformerNet(**{"channels": 8, "num_res_blocks": 1, "norm": "instance", "upsample": "nearest"})
+    assert old.config["separable"] is False and old.config["end_kernel"] == 9
+    assert set(old.state_dict()) == set(TransformerNet(channels=8, num_res_blocks=1).state_dict())
 
 
 def test_residual_block_count_and_width() -> None:
@@ -55,3 +89,5 @@ def test_bad_inputs_are_refused_clearly(net: TransformerNet) -> None:
         TransformerNet(norm="layer")
     with pytest.raises(ValueError, match="unknown upsample"):
         TransformerNet(upsample="pixelshuffle")
+    with pytest.raises(ValueError, match="end_kernel must be odd"):
+        TransformerNet(end_kernel=4)
