@@ -28,8 +28,11 @@ def style_path_overrides(args: list[str]) -> list[str]:
 
 def register_resolvers() -> None:
     """``${project_root:}``: the repository folder (bundled styles and samples live there);
-    ``${auto_precision:ACCELERATOR}``: bf16 mixed precision where the hardware is fast at it, else fp32."""
+    ``${auto_precision:ACCELERATOR}``: bf16 mixed precision where the hardware is fast at it, else fp32;
+    ``${stem:NAME_OR_PATH}``: a model's name from its shipped name or file (``a/b.safetensors`` -> ``b``)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("auto_precision"):
         OmegaConf.register_new_resolver("auto_precision", auto_precision)
+    if not OmegaConf.has_resolver("stem"):
+        OmegaConf.register_new_resolver("stem", lambda name: Path(str(name)).stem)

@@ -91,12 +91,15 @@ class StyleTransferModule(pl.LightningModule):
         values.update({f"style/{name}": value for name, value in terms.style_layers.items()})
         self.log_dict({f"{prefix}/{key}": value for key, value in values.items()}, **kwargs)
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+    def _log_images_per_sec(self, batch_size: int) -> None:
         now = time.perf_counter()
         if self._last_step_time is not None:
-            images_per_sec = batch.shape[0] * self.trainer.world_size / (now - self._last_step_time)
+            images_per_sec = batch_size * self.trainer.world_size / (now - self._last_step_time)
             self.log("train/images_per_sec", images_per_sec, prog_bar=True)
         self._last_step_time = now
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        self._log_images_per_sec(batch.shape[0])
         _, terms = self.compute_losses(batch)
         self._log_terms("train", terms, prog_bar=False)
         self.log("loss", terms.total, prog_bar=True, logger=False)

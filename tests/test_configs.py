@@ -26,9 +26,12 @@ def compose_train(overrides: list[str]) -> OmegaConf:
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
 def test_every_config_composes(group: str, option: str) -> None:
-    cfg = compose_train([f"{group}={option}"])
+    cfg = compose_train([f"{group}={option}", "teacher=starry_night"])  # teacher: for model=fast
     assert cfg.trainer.precision in ("32-true", "bf16-mixed", "16-mixed")
-    assert cfg.model.loss == cfg.loss and cfg.model.style == cfg.style
+    if cfg.model._target_ == "nst_ff.distill.DistillModule":
+        assert cfg.model.teacher == "starry_night" and cfg.model.net.channels < 32
+    else:
+        assert cfg.model.loss == cfg.loss and cfg.model.style == cfg.style
     if group == "style":
         assert Path(cfg.style.image).is_file() and cfg.style.name == option
 
@@ -44,6 +47,18 @@ def test_groups_have_the_presets_the_docs_promise() -> None:
     gatys = compose_train(["loss=gatys2016"]).loss
     assert gatys.vgg == "vgg19" and list(gatys.content_layers) == ["relu4_2"]
     assert list(gatys.style_layers) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+
+
+def test_distill_experiment_builds_a_light_student_named_after_its_teacher() -> None:
+    from hydra.utils import instantiate
+
+    from nst_ff.distill import DistillModule
+
+    cfg = compose_train(["experiment=distill", "teacher=great_wave"])
+    assert cfg.style.name == "great_wave_fast"  # output folder and exported file name
+    model = instantiate(cfg.model, _convert_="all")
+    assert isinstance(model, DistillModule) and model.net.config == dict(cfg.model.net)
+    assert model.teacher.config["channels"] == 32 and model.teacher_meta["style"] == "great_wave"
 
 
 def test_configs_instantiate_the_package_classes() -> None:

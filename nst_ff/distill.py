@@ -1,0 +1,120 @@
+"""Knowledge distillation: train a (light) TransformerNet to reproduce a trained model's outputs.
+
+The teacher's stylised photo is the target (pixel MSE), so a step needs no VGG: one teacher forward pass
+and the student's forward and backward passes. ``perceptual_weight`` adds Johnson et al.'s feature
+reconstruction loss (VGG-16 relu2_2) between the student's and the teacher's outputs, which keeps fine
+strokes that a pixel loss blurs while the student cannot yet place them exactly. Everything else (data,
+optimizer, schedule, checkpoints and exact resume, validation grids, export) is ``StyleTransferModule``'s.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchvision.utils import make_grid
+
+from nst_ff.errors import UserError
+from nst_ff.export import load_model, resolve_model
+from nst_ff.module import StyleTransferModule, file_sha256
+from nst_ff.perceptual import VGGEncoder
+
+# What a student inherits from its teacher's metadata: the style and the loss it is judged by.
+_TEACHER_KEYS = ("style", "style_image", "style_sha256", "loss", "vgg", "vgg_weights")
+
+
+class DistillModule(StyleTransferModule):
+    """``teacher``: a shipped model's name or a model file (``.safetensors`` or ``.ckpt``). ``net``,
+    ``lr``, ``scheduler``, ``channels_last``, ``init_from``: as in ``StyleTransferModule``.
+    ``perceptual_weight``: weight of the relu2_2 feature term (0: pixels only, no VGG at all).
+
+    The teacher is a frozen submodule, so checkpoints carry it and a resumed run distils from exactly
+    the weights it started with, even if the teacher's file has changed since."""
+
+    def __init__(
+        self,
+        net: dict[str, Any],
+        teacher: str | None,
+        lr: float = 1e-3,
+        scheduler: str = "none",
+        channels_last: bool = True,
+        init_from: str | None = None,
+        perceptual_weight: float = 0.0,
+    ) -> None:
+        if not teacher:
+            raise UserError("teacher is not set: pass teacher=<shipped model name or model file>")
+        teacher_path = resolve_model(teacher)
+        teacher_net, meta = load_model(teacher_path)
+        missing = [key for key in ("style", "loss") if key not in meta]
+        if missing:
+            raise UserError(f"{teacher_path}: the teacher's metadata lacks {missing}; export it with train.py")
+        style = {"name": meta["style"], "image": meta.get("style_image")}
+        super().__init__(net, meta["loss"], style, lr, scheduler, channels_last, init_from)
+        self.teacher = teacher_net.requires_grad_(False)
+        self.teacher_info = {
+            "model": str(teacher_path),
+            "sha256": file_sha256(teacher_path),
+            "net": teacher_net.config,
+            "steps": meta.get("steps"),
+        }
+        self.teacher_meta = {key: meta[key] for key in _TEACHER_KEYS if key in meta}
+        self.style_image: torch.Tensor | None = None
+        self.encoder: VGGEncoder | None = None
+
+    def setup(self, stage: str) -> None:
+        self.net.to(memory_format=self.memory_format)
+        self.teacher.to(memory_format=self.memory_format)
+        if self.hparams.perceptual_weight and self.encoder is None:
+            weights = self.hparams.loss.get("weights") or {}
+            source = weights.get("source") or "torchvision"
+            self.encoder = VGGEncoder("vgg16", ["relu2_2"], source, weights.get("path"))
+            self.encoder.to(device=self.device, memory_format=self.memory_format)
+
+    def train(self, mode: bool = True) -> DistillModule:
+        super().train(mode)
+        self.teacher.eval()  # frozen: a batch-norm teacher must keep its running statistics
+        return self
+
+    def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(student output, teacher output) for the same photos."""
+        images = images.contiguous(memory_format=self.memory_format)
+        with torch.no_grad():
+            target = self.teacher(images)
+        return self.net(images), target
+
+    def distillation_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        loss = F.mse_loss(output.float(), target.float())
+        if self.encoder is None:
+            return loss
+        with torch.no_grad():
+            target_features = self.encoder(target)["relu2_2"]
+        features = self.encoder(output)["relu2_2"]
+        return loss + self.hparams.perceptual_weight * F.mse_loss(features.float(), target_features.float())
+
+    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
+        self._log_images_per_sec(batch.shape[0])
+        loss = self.distillation_loss(*self.outputs(batch))
+        self.log("train/distill", loss)
+        self.log("loss", loss, prog_bar=True, logger=False)
+        return loss
+
+    def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
+        output, target = self.outputs(batch)
+        self.log("val/distill", self.distillation_loss(output, target), sync_dist=True)
+        self._val_outputs.append(output.float().cpu())
+        if self.style_image is None:
+            # Shown once as val/style beside the student's val/stylized grid: the targets.
+            self.style_image = make_grid(target.float().cpu(), nrow=len(target))[None]
+
+    def export_metadata(self) -> dict[str, Any]:
+        """The teacher's style and loss (so ``nst_ff.compare`` scores the student under the same loss),
+        this run's network and schedule, and which teacher it learnt from."""
+        return {
+            **self.teacher_meta,
+            "net": self.net.config,
+            "steps": int(self.global_step),
+            "lr": self.hparams.lr,
+            "scheduler": self.hparams.scheduler,
+            "teacher": self.teacher_info,
+        }

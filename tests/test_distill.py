@@ -1,0 +1,111 @@
+"""Distillation (experiment=distill): a light student learns a trained model's outputs on tiny photos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from nst_ff.config import CONFIG_DIR
+from nst_ff.distill import DistillModule
+from nst_ff.export import load_model, resolve_model
+from nst_ff.stylize import Stylizer
+from tests.conftest import SAMPLES
+from tests.test_train import run_script
+from train import train
+
+TINY = [
+    "experiment=distill",
+    "teacher=starry_night",
+    f"data.root={SAMPLES}",
+    "data.image_size=32",
+    "data.crop_size=24",
+    "data.val_image_size=32",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "trainer.val_check_interval=3",
+    "checkpoint.every_n_steps=3",
+]
+
+
+def distill(out: Path, *overrides: str) -> Path:
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY, f"output_dir={out}", *overrides])
+    return train(cfg)
+
+
+@pytest.fixture(scope="module")
+def six_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("distill")
+    distill(out, "trainer.max_steps=6")
+    return out
+
+
+def test_distillation_exports_a_light_model_that_carries_the_teachers_loss(six_steps: Path) -> None:
+    path = six_steps / "checkpoints" / "starry_night_fast.safetensors"
+    student, meta = load_model(path)
+    teacher, teacher_meta = load_model(resolve_model("starry_night"))
+    assert student.config == meta["net"] and student.config["channels"] < teacher.config["channels"]
+    assert meta["loss"] == teacher_meta["loss"] and meta["style_sha256"] == teacher_meta["style_sha256"]
+    assert meta["style"] == "starry_night" and meta["steps"] == 6 and meta["teacher"]["net"] == teacher.config
+    assert meta["config"]["style"]["name"] == "starry_night_fast"  # the file's name, as for any run
+    checkpoint = torch.load(six_steps / "checkpoints" / "last.ckpt", weights_only=True)
+    assert not any(key.startswith("encoder.") for key in checkpoint["state_dict"])  # no VGG saved
+    photo = torch.rand(1, 3, 37, 29)
+    assert Stylizer(student, precision="fp32")(photo).shape == photo.shape
+
+
+def test_student_moves_towards_the_teacher(photo_batch: torch.Tensor) -> None:
+    """The distillation loss on four real photos falls under Adam (fp32, no Lightning)."""
+    torch.manual_seed(0)
+    module = DistillModule(net={"channels": 8, "num_res_blocks": 1}, teacher="starry_night", channels_last=False)
+    module.setup("fit")
+    optimizer = torch.optim.Adam(module.net.parameters(), lr=1e-2)
+    losses = []
+    for _ in range(25):
+        loss = module.distillation_loss(*module.outputs(photo_batch))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.6 * losses[0]
+
+
+def test_resume_continues_exactly(six_steps: Path, tmp_path: Path) -> None:
+    exported = distill(tmp_path, "trainer.max_steps=6", f"ckpt_path={six_steps / 'checkpoints' / 'step0000003.ckpt'}")
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 6
+    straight, _ = load_model(six_steps / "checkpoints" / "starry_night_fast.safetensors")
+    resumed, _ = load_model(exported)
+    for a, b in zip(straight.state_dict().values(), resumed.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_perceptual_term_uses_vgg_features_and_stays_out_of_checkpoints(tmp_path: Path) -> None:
+    distill(tmp_path, "trainer.max_steps=2", "model.perceptual_weight=0.01")
+    checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
+    assert checkpoint["hyper_parameters"]["perceptual_weight"] == 0.01
+    assert not any(key.startswith("encoder.") for key in checkpoint["state_dict"])
+
+
+def test_teacher_from_a_file_names_the_student_after_it(six_steps: Path) -> None:
+    teacher = six_steps / "checkpoints" / "starry_night_fast.safetensors"
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=distill", f"teacher={teacher}", "output_dir=/tmp/x"])
+    OmegaConf.resolve(cfg)
+    assert cfg.style.name == "starry_night_fast_fast" and cfg.model.teacher == str(teacher)
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("teacher=/no/such.safetensors", "/no/such.safetensors: no such model file"),
+        ("teacher=null", "teacher is not set"),
+    ],
+)
+def test_bad_teacher_gives_one_line(tmp_path: Path, override: str, message: str) -> None:
+    result = run_script(*TINY, override, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
