@@ -20,13 +20,14 @@ from nst_ff.export import load_model, resolve_model
 from nst_ff.module import StyleTransferModule, file_sha256
 from nst_ff.perceptual import VGGEncoder
 
-# What a student inherits from its teacher's metadata: the style and the loss it is judged by.
-_TEACHER_KEYS = ("style", "style_image", "style_sha256", "loss", "vgg", "vgg_weights")
+# What a student inherits from its teacher's metadata: the style image and the loss it is judged by.
+_TEACHER_KEYS = ("style_image", "style_sha256", "loss", "vgg", "vgg_weights")
 
 
 class DistillModule(StyleTransferModule):
-    """``teacher``: a shipped model's name or a model file (``.safetensors`` or ``.ckpt``). ``net``,
-    ``lr``, ``scheduler``, ``channels_last``, ``init_from``: as in ``StyleTransferModule``.
+    """``teacher``: a shipped model's name or a model file (``.safetensors`` or ``.ckpt``); ``style``: only
+    its ``name`` is used, the student's (default ``<teacher's style>_fast``). ``net``, ``lr``,
+    ``scheduler``, ``channels_last``, ``init_from``: as in ``StyleTransferModule``.
     ``perceptual_weight``: weight of the relu2_2 feature term (0: pixels only, no VGG at all).
 
     The teacher is a frozen submodule, so checkpoints carry it and a resumed run distils from exactly
@@ -36,6 +37,7 @@ class DistillModule(StyleTransferModule):
         self,
         net: dict[str, Any],
         teacher: str | None,
+        style: dict[str, Any] | None = None,
         lr: float = 1e-3,
         scheduler: str = "none",
         channels_last: bool = True,
@@ -49,11 +51,14 @@ class DistillModule(StyleTransferModule):
         missing = [key for key in ("style", "loss") if key not in meta]
         if missing:
             raise UserError(f"{teacher_path}: the teacher's metadata lacks {missing}; export it with train.py")
-        style = {"name": meta["style"], "image": meta.get("style_image")}
-        super().__init__(net, meta["loss"], style, lr, scheduler, channels_last, init_from)
+        name = (style or {}).get("name") or f"{meta['style']}_fast"
+        student_style = {"name": name, "image": meta.get("style_image")}
+        super().__init__(net, meta["loss"], student_style, lr, scheduler, channels_last, init_from)
         self.teacher = teacher_net.requires_grad_(False)
+        self.name = name
         self.teacher_info = {
             "model": str(teacher_path),
+            "style": meta["style"],
             "sha256": file_sha256(teacher_path),
             "net": teacher_net.config,
             "steps": meta.get("steps"),
@@ -108,10 +113,11 @@ class DistillModule(StyleTransferModule):
             self.style_image = make_grid(target.float().cpu(), nrow=len(target))[None]
 
     def export_metadata(self) -> dict[str, Any]:
-        """The teacher's style and loss (so ``nst_ff.compare`` scores the student under the same loss),
-        this run's network and schedule, and which teacher it learnt from."""
+        """The teacher's style image and loss (so ``nst_ff.compare`` scores the student under the same
+        loss), the student's name, network and schedule, and which teacher it learnt from."""
         return {
             **self.teacher_meta,
+            "style": self.name,
             "net": self.net.config,
             "steps": int(self.global_step),
             "lr": self.hparams.lr,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
 from nst_ff.errors import UserError
@@ -12,12 +13,38 @@ from nst_ff.export import SHIPPED, load_model, resolve_model
 from nst_ff.images import IMAGE_EXTENSIONS, ImageError, find_images, read_picture, write_picture
 from nst_ff.stylize import Stylizer
 
+# Speed classes by arithmetic per 1024x1024 image, which sets CPU time (measured on 2 AVX-512 cores:
+# full 322 GFLOP ~0.6 s bf16, fast 47 GFLOP ~0.2 s; benchmarks/bench_cpu.py).
+FAST_GFLOP = 100
+
+
+def gflop_per_megapixel(net: torch.nn.Module, size: int = 64) -> float:
+    """Convolution arithmetic (2 x multiply-adds) for a 1024x1024 image, counted on a small one."""
+    flop = 0
+
+    def count(conv: torch.nn.Conv2d, _: object, out: torch.Tensor) -> None:
+        nonlocal flop
+        flop += 2 * out.numel() * conv.in_channels // conv.groups * conv.kernel_size[0] * conv.kernel_size[1]
+
+    hooks = [m.register_forward_hook(count) for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+    with torch.no_grad():
+        net(torch.zeros(1, 3, size, size))
+    for hook in hooks:
+        hook.remove()
+    return flop * (1024 / size) ** 2 / 1e9
+
 
 def list_models() -> list[str]:
+    """One line per shipped model: training steps, file size, arithmetic per 1024x1024 and speed class."""
     lines = []
     for path in sorted(SHIPPED.glob("*.safetensors")):
-        _, meta = load_model(path)
-        lines.append(f"{path.stem:20s} {meta.get('steps', '?')} steps, {path.stat().st_size / 2**20:.1f} MB, {path}")
+        net, meta = load_model(path)
+        gflop = gflop_per_megapixel(net)
+        speed = "fast" if gflop <= FAST_GFLOP else "full"
+        lines.append(
+            f"{path.stem:20s} {speed:4s} {gflop:4.0f} GFLOP at 1024x1024  {meta.get('steps', '?'):>5} steps  "
+            f"{path.stat().st_size / 2**20:4.1f} MB  {path}"
+        )
     return lines
 
 

@@ -58,7 +58,8 @@ def test_distill_experiment_builds_a_light_student_named_after_its_teacher() -> 
     assert cfg.style.name == "great_wave_fast"  # output folder and exported file name
     model = instantiate(cfg.model, _convert_="all")
     assert isinstance(model, DistillModule) and model.net.config == dict(cfg.model.net)
-    assert model.teacher.config["channels"] == 32 and model.teacher_meta["style"] == "great_wave"
+    assert model.teacher.config["channels"] == 32 and model.teacher_info["style"] == "great_wave"
+    assert model.export_metadata()["style"] == "great_wave_fast"
 
 
 def test_configs_instantiate_the_package_classes() -> None:
