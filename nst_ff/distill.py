@@ -57,7 +57,7 @@ class DistillModule(StyleTransferModule):
         self.teacher = teacher_net.requires_grad_(False)
         self.name = name
         self.teacher_info = {
-            "model": str(teacher_path),
+            "model": teacher,  # as given: a shipped name stays a name; sha256 pins the file
             "style": meta["style"],
             "sha256": file_sha256(teacher_path),
             "net": teacher_net.config,
