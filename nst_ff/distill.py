@@ -15,10 +15,12 @@ import torch
 import torch.nn.functional as F
 from torchvision.utils import make_grid
 
+from nst_ff.compare import style_image_path
 from nst_ff.errors import UserError
 from nst_ff.export import load_model, resolve_model
+from nst_ff.images import load_image
 from nst_ff.module import StyleTransferModule, file_sha256
-from nst_ff.perceptual import VGGEncoder
+from nst_ff.perceptual import PerceptualLoss, VGGEncoder
 
 # What a student inherits from its teacher's metadata: the style image and the loss it is judged by.
 _TEACHER_KEYS = ("style_image", "style_sha256", "loss", "vgg", "vgg_weights")
@@ -29,6 +31,9 @@ class DistillModule(StyleTransferModule):
     its ``name`` is used, the student's (default ``<teacher's style>_fast``). ``net``, ``lr``,
     ``scheduler``, ``channels_last``, ``init_from``: as in ``StyleTransferModule``.
     ``perceptual_weight``: weight of the relu2_2 feature term (0: pixels only, no VGG at all).
+    ``style_loss_weight``: weight of the teacher's own training loss (its VGG content, style and TV
+    terms against the photo and the painting), which restores the full strokes that a student trained
+    on the targets alone renders too softly; needs the teacher's style image in assets/styles.
 
     The teacher is a frozen submodule, so checkpoints carry it and a resumed run distils from exactly
     the weights it started with, even if the teacher's file has changed since."""
@@ -43,6 +48,7 @@ class DistillModule(StyleTransferModule):
         channels_last: bool = True,
         init_from: str | None = None,
         perceptual_weight: float = 0.0,
+        style_loss_weight: float = 0.0,
     ) -> None:
         if not teacher:
             raise UserError("teacher is not set: pass teacher=<shipped model name or model file>")
@@ -75,6 +81,12 @@ class DistillModule(StyleTransferModule):
             source = weights.get("source") or "torchvision"
             self.encoder = VGGEncoder("vgg16", ["relu2_2"], source, weights.get("path"))
             self.encoder.to(device=self.device, memory_format=self.memory_format)
+        if self.hparams.style_loss_weight and self.perceptual is None:
+            loss = self.hparams.loss
+            style_image = load_image(style_image_path(self.teacher_meta, None), loss.get("style_size"))
+            self.perceptual = PerceptualLoss.from_config(**loss)
+            self.perceptual.set_style(style_image)
+            self.perceptual.to(device=self.device, memory_format=self.memory_format)
 
     def train(self, mode: bool = True) -> DistillModule:
         super().train(mode)
@@ -88,25 +100,32 @@ class DistillModule(StyleTransferModule):
             target = self.teacher(images)
         return self.net(images), target
 
-    def distillation_loss(self, output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    def distillation_loss(
+        self, output: torch.Tensor, target: torch.Tensor, images: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """Pixel MSE to the teacher's output, plus the VGG terms that are switched on (the teacher's
+        training loss needs the input ``images`` for its content targets)."""
         loss = F.mse_loss(output.float(), target.float())
-        if self.encoder is None:
-            return loss
-        with torch.no_grad():
-            target_features = self.encoder(target)["relu2_2"]
-        features = self.encoder(output)["relu2_2"]
-        return loss + self.hparams.perceptual_weight * F.mse_loss(features.float(), target_features.float())
+        if self.encoder is not None:
+            with torch.no_grad():
+                target_features = self.encoder(target)["relu2_2"]
+            features = self.encoder(output)["relu2_2"]
+            loss = loss + self.hparams.perceptual_weight * F.mse_loss(features.float(), target_features.float())
+        if self.perceptual is not None and images is not None:
+            terms = self.perceptual(output, self.perceptual.content_targets(images))
+            loss = loss + self.hparams.style_loss_weight * terms.total
+        return loss
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         self._log_images_per_sec(batch.shape[0])
-        loss = self.distillation_loss(*self.outputs(batch))
+        loss = self.distillation_loss(*self.outputs(batch), batch)
         self.log("train/distill", loss)
         self.log("loss", loss, prog_bar=True, logger=False)
         return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         output, target = self.outputs(batch)
-        self.log("val/distill", self.distillation_loss(output, target), sync_dist=True)
+        self.log("val/distill", self.distillation_loss(output, target, batch), sync_dist=True)
         self._val_outputs.append(output.float().cpu())
         if self.style_image is None:
             # Shown once as val/style beside the student's val/stylized grid: the targets.
