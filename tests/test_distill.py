@@ -84,11 +84,22 @@ def test_resume_continues_exactly(six_steps: Path, tmp_path: Path) -> None:
         assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_perceptual_term_uses_vgg_features_and_stays_out_of_checkpoints(tmp_path: Path) -> None:
-    distill(tmp_path, "trainer.max_steps=2", "model.perceptual_weight=0.01")
+def test_vgg_terms_stay_out_of_checkpoints(tmp_path: Path) -> None:
+    distill(tmp_path, "trainer.max_steps=2", "model.perceptual_weight=0.01", "model.style_loss_weight=1e-7")
     checkpoint = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
-    assert checkpoint["hyper_parameters"]["perceptual_weight"] == 0.01
-    assert not any(key.startswith("encoder.") for key in checkpoint["state_dict"])
+    assert checkpoint["hyper_parameters"]["style_loss_weight"] == 1e-7
+    assert {key.split(".")[0] for key in checkpoint["state_dict"]} == {"net", "teacher"}
+
+
+def test_teachers_training_loss_adds_to_the_pixel_loss(photo_batch: torch.Tensor) -> None:
+    module = DistillModule(net={"channels": 8, "num_res_blocks": 1}, teacher="starry_night", style_loss_weight=1e-7)
+    module.setup("fit")
+    output, target = module.outputs(photo_batch)
+    with torch.no_grad():
+        pixels = module.distillation_loss(output, target)
+        total = module.distillation_loss(output, target, photo_batch)
+        teacher_loss = module.perceptual(output, module.perceptual.content_targets(photo_batch)).total
+    assert total.item() == pytest.approx(pixels.item() + 1e-7 * teacher_loss.item(), rel=1e-4)
 
 
 def test_teacher_from_a_file_names_the_student_after_it(six_steps: Path) -> None:
