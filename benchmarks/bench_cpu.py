@@ -21,6 +21,8 @@ import argparse
 import copy
 import importlib.util
 import math
+import os
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -33,7 +35,7 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import median_seconds, print_report  # noqa: E402
+from benchmarks.report import print_report  # noqa: E402
 from nst_ff.device import cpu_has_fast_bf16  # noqa: E402
 from nst_ff.export import load_model  # noqa: E402
 from nst_ff.images import load_image  # noqa: E402
@@ -56,6 +58,20 @@ QUICK_OPTIONS = ("fp32", "bf16")  # for the variants
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = torch.mean((a.float() - b.float()) ** 2).item()
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def timings(run: Callable[[], object], warmup: int, repeats: int) -> tuple[float, float]:
+    """Medians of wall time and of this process's CPU time. On a shared machine the wall time grows with
+    the other jobs; the CPU time much less (on an idle machine it is ~threads x wall)."""
+    for _ in range(warmup):
+        run()
+    wall, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        run()
+        wall.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return statistics.median(wall), statistics.median(cpu)
 
 
 def reference_net(net: TransformerNet) -> nn.Module:
@@ -147,8 +163,15 @@ def main() -> None:
 
     # First, before any Stylizer makes glibc keep freed memory: the reference as pytorch/examples runs it.
     reference = reference_net(full)
-    reference_s = median_seconds(lambda: reference(image), args.warmup, args.repeats, lambda: None)
-    rows = [{"net": "full (32 ch)", "option": "reference (pytorch/examples)", "s/image": reference_s}]
+    reference_s, reference_cpu = timings(lambda: reference(image), args.warmup, args.repeats)
+    rows = [
+        {
+            "net": "full (32 ch)",
+            "option": "reference (pytorch/examples)",
+            "s/image": reference_s,
+            "CPU s/image": reference_cpu,
+        }
+    ]
     notes: dict[str, object] = {}
     for name, net in nets.items():
         options = args.options if name in list(nets)[:2] else [o for o in QUICK_OPTIONS if o in args.options]
@@ -161,13 +184,14 @@ def main() -> None:
                 continue
             out = run(image)  # the first call: compilation, kernel choice
             setup_s = time.perf_counter() - start
-            seconds = median_seconds(lambda run=run: run(image), args.warmup, args.repeats, lambda: None)
+            seconds, cpu_seconds = timings(lambda run=run: run(image), args.warmup, args.repeats)
             fp32_out = out if option == "fp32" else fp32_out
             rows.append(
                 {
                     "net": name,
                     "option": option,
                     "s/image": seconds,
+                    "CPU s/image": cpu_seconds,
                     "x reference": reference_s / seconds,
                     "PSNR vs fp32 dB": psnr(out, fp32_out) if fp32_out is not None else float("nan"),
                     "first call s": setup_s,
@@ -178,6 +202,7 @@ def main() -> None:
     default_dtype = Stylizer(TransformerNet(channels=4, num_res_blocks=0)).dtype
     extra = {
         "image": f"{args.size}x{args.size}, one image; median of {args.repeats} after {args.warmup} warm-up",
+        "load average at the end": " ".join(f"{x:.1f}" for x in os.getloadavg()),
         "default": f"Stylizer() here: autocast {default_dtype or 'off (fp32)'}, channels_last, inference_mode, "
         "fast allocator",
         **notes,
