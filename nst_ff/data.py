@@ -125,8 +125,10 @@ class ResumableSampler(Sampler[tuple[int, int]]):
         order = torch.randperm(self.size, generator=torch.Generator().manual_seed(self.seed + epoch)).tolist()
         shard = order[rank::world][: len(self)]
         for position in range(batch * self.batch_size, len(shard)):
-            # One seed per (epoch, position): distinct augmentations every epoch, identical on resume.
-            yield shard[position], (self.seed * 1_000_003 + epoch) * 1_000_003 + position * world + rank
+            # One seed per (epoch, position): distinct augmentations every epoch, identical on resume; folded
+            # into torch.Generator's 64-bit range (large seeds would overflow it).
+            seed = (self.seed * 1_000_003 + epoch) * 1_000_003 + position * world + rank
+            yield shard[position], seed % 2**63
 
 
 class PhotoLoader(DataLoader):

@@ -14,13 +14,12 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from nst_ff.config import PROJECT_ROOT
 from nst_ff.errors import UserError
 from nst_ff.files import atomic_write
 from nst_ff.net import TransformerNet
+from nst_ff.paths import SHIPPED_MODELS_DIR
 
 FORMAT = "nst_ff.model/1"
-SHIPPED = PROJECT_ROOT / "checkpoints"
 
 
 class ModelFileError(UserError, ValueError):
@@ -53,7 +52,10 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str
         raise ModelFileError(f"{path}: not a readable model file ({error}); re-export or re-download it") from None
     if header.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an nst-ff model (format {header.get('format')!r}, expected {FORMAT!r})")
-    return state, json.loads(header["net"]), json.loads(header["metadata"])
+    try:
+        return state, json.loads(header["net"]), json.loads(header["metadata"])
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path}: broken metadata ({error!r}); re-export or re-download the model") from None
 
 
 def resolve_model(name_or_path: str) -> Path:
@@ -61,10 +63,10 @@ def resolve_model(name_or_path: str) -> Path:
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    shipped = SHIPPED / f"{name_or_path}.safetensors"
+    shipped = SHIPPED_MODELS_DIR / f"{name_or_path}.safetensors"
     if shipped.is_file():
         return shipped
-    names = ", ".join(p.stem for p in sorted(SHIPPED.glob("*.safetensors"))) or "none shipped"
+    names = ", ".join(p.stem for p in sorted(SHIPPED_MODELS_DIR.glob("*.safetensors"))) or "none shipped"
     raise UserError(f"{name_or_path}: no such model file or shipped model (shipped: {names})")
 
 

@@ -103,7 +103,8 @@ def to_tensor(image: Image.Image) -> torch.Tensor:
     array = np.asarray(image, dtype=np.uint8)
     tensor = torch.from_numpy(array.copy())
     tensor = tensor.unsqueeze(-1) if tensor.ndim == 2 else tensor
-    return tensor.permute(2, 0, 1).float().div_(255)
+    # contiguous: the package's images are plain (C, H, W) tensors, not views of HWC arrays.
+    return tensor.permute(2, 0, 1).float().div_(255).contiguous()
 
 
 def to_pil(image: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:

@@ -8,21 +8,49 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nst_ff.errors import UserError
-from nst_ff.export import SHIPPED, load_model, resolve_model
+from nst_ff.export import load_model, resolve_model
 from nst_ff.images import IMAGE_EXTENSIONS, ImageError, find_images, read_picture, write_picture
+from nst_ff.paths import SHIPPED_MODELS_DIR
 from nst_ff.stylize import Stylizer
 
 
 def list_models() -> list[str]:
     lines = []
-    for path in sorted(SHIPPED.glob("*.safetensors")):
+    for path in sorted(SHIPPED_MODELS_DIR.glob("*.safetensors")):
         _, meta = load_model(path)
         lines.append(f"{path.stem:20s} {meta.get('steps', '?')} steps, {path.stat().st_size / 2**20:.1f} MB, {path}")
     return lines
 
 
+# Written into every output folder of a folder run, so that a later run over a folder that contains it (e.g.
+# output=photos/styled, then input=photos) does not stylise the stylised images again.
+OUTPUT_MARKER = ".nst-ff-output"
+
+
+def _is_output(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in an output folder (a marked one under ``root``)."""
+    return any((folder / OUTPUT_MARKER).is_file() for folder in path.parents if folder.is_relative_to(root))
+
+
+def folder_target(folder: Path, output: Path | None, model_name: str) -> Path:
+    """The output folder of a folder run: ``output``, or ``<folder>_<model>`` beside it (``.`` works too)."""
+    folder = folder.resolve()
+    return output or folder.with_name(f"{folder.name}_{model_name}")
+
+
+def mark_output_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / OUTPUT_MARKER).touch()
+    except OSError as error:
+        raise UserError(
+            f"{folder}: cannot create the output folder ({error.strerror}); choose another output"
+        ) from None
+
+
 def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple[Path, Path]]:
-    """(input, output) file pairs. A folder keeps its relative tree under the output folder."""
+    """(input, output) file pairs. A folder keeps its relative tree under the output folder; earlier output
+    folders inside it, and this run's own output folder, are not inputs."""
     single_file = len(inputs) == 1 and inputs[0].is_file()
     if single_file and (output is None or output.suffix.lower() in IMAGE_EXTENSIONS):
         source = inputs[0]
@@ -32,8 +60,12 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     pairs = []
     for source in inputs:
         if source.is_dir():
-            target = output or source.with_name(f"{source.name}_{model_name}")
-            pairs += [(f, target / f.relative_to(source)) for f in find_images(source)]
+            target = folder_target(source, output, model_name)
+            pairs += [
+                (f, target / f.relative_to(source))
+                for f in find_images(source)
+                if not f.resolve().is_relative_to(target.resolve()) and not _is_output(f, source)
+            ]
         else:
             target = output or source.parent
             pairs.append((source, target / f"{source.stem}_{model_name}{source.suffix}"))
@@ -43,12 +75,10 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
 def run(cfg: dict) -> int:
     """Returns the exit status: 0 when every input was written or kept, 1 when some failed."""
     if cfg.get("list"):
-        print("\n".join(list_models()) or f"no models in {SHIPPED}")
+        print("\n".join(list_models()) or f"no models in {SHIPPED_MODELS_DIR}")
         return 0
     model_path = resolve_model(str(cfg["model"]))
     net, _ = load_model(model_path)
-    if not 0 <= float(cfg["strength"]) <= 1:
-        raise UserError(f"strength={cfg['strength']}: must be between 0 and 1")
     raw_inputs = cfg["input"] if isinstance(cfg["input"], list) else [cfg["input"]]
     inputs = [Path(str(p)).expanduser() for p in raw_inputs]
     for source in inputs:
@@ -58,6 +88,9 @@ def run(cfg: dict) -> int:
     pairs = plan(inputs, output, model_path.stem)
     if not pairs:
         raise UserError(f"{', '.join(map(str, inputs))}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+    for source in inputs:
+        if source.is_dir():
+            mark_output_folder(folder_target(source, output, model_path.stem))
     input_files = {source.resolve() for source, _ in pairs}
     stylizer = Stylizer(
         net,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import time
 from pathlib import Path
 from typing import Any
@@ -13,15 +12,10 @@ from torchvision.utils import make_grid
 
 from nst_ff.errors import UserError
 from nst_ff.export import load_model, resolve_model
-from nst_ff.images import load_image
+from nst_ff.files import file_sha256
 from nst_ff.net import TransformerNet
 from nst_ff.perceptual import LossTerms, PerceptualLoss
-
-SCHEDULERS = ("none", "cosine", "step")
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+from nst_ff.schema import SCHEDULERS
 
 
 def load_initial_weights(name_or_path: str, config: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -69,12 +63,9 @@ class StyleTransferModule(pl.LightningModule):
         if self.perceptual is not None:
             return
         loss = self.hparams.loss
-        style_image = load_image(self.hparams.style["image"], loss.get("style_size"))
-        self.perceptual = PerceptualLoss.from_config(**loss)
-        self.perceptual.set_style(style_image)
+        self.perceptual = PerceptualLoss.for_style(self.hparams.style["image"], **loss)
         self.perceptual.to(device=self.device, memory_format=self.memory_format)
         self.net.to(memory_format=self.memory_format)
-        self.style_image = style_image
         self.style_sha256 = file_sha256(self.hparams.style["image"])
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
@@ -118,7 +109,7 @@ class StyleTransferModule(pl.LightningModule):
         if not self._logged_references:
             content = self.trainer.datamodule.val_images
             experiment.add_image("val/content", make_grid(content, nrow=len(content)), self.global_step)
-            experiment.add_image("val/style", self.style_image[0], self.global_step)
+            experiment.add_image("val/style", self.perceptual.style_image[0], self.global_step)
             self._logged_references = True
 
     def configure_optimizers(self) -> Any:

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from nst_ff.config import PROJECT_ROOT, register_resolvers
+from nst_ff.config import register_resolvers
 from nst_ff.images import load_image
+from nst_ff.paths import PROJECT_ROOT
 from nst_ff.perceptual import PerceptualLoss
 
 SAMPLES = PROJECT_ROOT / "assets" / "samples"

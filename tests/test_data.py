@@ -96,6 +96,15 @@ def test_sampler_resumes_where_the_global_step_points() -> None:
     assert not {s for _, s in second_epoch} & {s for _, s in first_epoch}
 
 
+@pytest.mark.parametrize("seed", [0, 4_000_000_000, 2**32 - 1])
+def test_every_allowed_seed_gives_usable_distinct_sample_seeds(sample_photos: list[Path], seed: int) -> None:
+    sampler = ResumableSampler(size=4, batch_size=2, seed=seed, global_step=lambda: 10**6)
+    keys = list(sampler)
+    assert len({s for _, s in keys}) == len(keys) and all(0 <= s < 2**63 for _, s in keys)
+    dataset = PhotoDataset(sample_photos, image_size=32)
+    assert dataset[keys[0]].shape == (3, 32, 32) and torch.equal(dataset[keys[0]], dataset[keys[0]])
+
+
 def test_sampler_shards_across_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
     shards = []
     for rank in range(2):
