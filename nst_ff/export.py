@@ -69,8 +69,14 @@ def resolve_model(name_or_path: str) -> Path:
 
 
 def load_model(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
-    """Load an exported model (``.safetensors``) or a training checkpoint (``.ckpt``) for inference."""
+    """Load an exported model (``.safetensors``) or a training checkpoint (``.ckpt``) for inference; an ONNX
+    export (``.onnx``) gives an ``nst_ff.onnx.OnnxNet``, which runs like a TransformerNet but has no weights."""
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        from nst_ff.onnx import OnnxNet  # onnxruntime is optional: imported only for .onnx files
+
+        net = OnnxNet(path)
+        return net, net.metadata  # type: ignore[return-value]
     state, config, metadata = _read(path)
     try:
         net = TransformerNet(**config)
