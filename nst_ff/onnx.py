@@ -18,7 +18,6 @@ onnx, onnxscript (export) and onnxruntime (running, checking) are optional: ``pi
 
 from __future__ import annotations
 
-import importlib
 import json
 import math
 from pathlib import Path
@@ -28,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from nst_ff import errors
 from nst_ff.config import PROJECT_ROOT
 from nst_ff.errors import UserError
 from nst_ff.export import ModelFileError, load_model, resolve_model
@@ -49,13 +49,7 @@ _EXAMPLE = (2, 3, 37, 53)
 
 
 def require(module: str) -> ModuleType:
-    """Import an optional dependency; missing, it is a one-line UserError saying what to install."""
-    try:
-        return importlib.import_module(module)
-    except ImportError:
-        raise UserError(
-            f"{module} is not installed: ONNX export and .onnx models need it; pip install 'nst-ff[onnx]'"
-        ) from None
+    return errors.require(module, "onnx", "ONNX export and .onnx models")
 
 
 def to_onnx(net: TransformerNet, metadata: dict[str, Any], opset: int = OPSET) -> bytes:

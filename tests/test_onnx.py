@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 import subprocess
 import sys
@@ -161,5 +162,17 @@ def test_missing_optional_dependency_is_one_line(missing: str, monkeypatch: pyte
     with pytest.raises(UserError) as error:
         call()
     assert str(error.value) == (
-        f"{missing} is not installed: ONNX export and .onnx models need it; pip install 'nst-ff[onnx]'"
+        f"{missing} is not installed (needed for ONNX export and .onnx models); pip install 'nst-ff[onnx]'"
     )
+
+
+def test_draft_config_has_the_entry_function_options() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from nst_ff.config import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR / "export"), version_base="1.3"):
+        cfg = compose("export", overrides=["model=starry_night"])
+    options = {key: value for key, value in cfg.items() if key != "hydra"}
+    assert set(options) == set(inspect.signature(nst_onnx.main).parameters)
+    assert options["opset"] == nst_onnx.OPSET and options["model"] == "starry_night"
