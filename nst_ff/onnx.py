@@ -3,15 +3,16 @@
 Export: ``torch.export`` traces the TransformerNet with symbolic batch, height and width, then torch's
 ONNX exporter (``torch.onnx.export(dynamo=True)``) translates the program. The padding to a multiple of
 4 and the crop back are part of ``TransformerNet.forward``, so they are in the graph and any size runs.
-Opset 18 is the oldest the exporter writes without a lossy version conversion (it refuses 17 for Pad),
-and runtimes from onnxruntime 1.14 and TensorRT 8.6 on read it; the graph uses nothing newer.
+Opset 18 is the oldest the exporter writes natively (asked for 17, its version converter fails on Pad and
+the file stays at 18); onnxruntime 1.14+ and TensorRT 8.6+ read it, and the graph needs nothing newer.
 
-The TorchScript-based exporter (``dynamo=False``) is not used: it records Python arithmetic on sizes
-as constants, so the padding of the traced size would be baked in and other sizes would come out wrong.
+The TorchScript-based exporter (``dynamo=False``) is not used: its tracer cannot follow the size
+arithmetic (``torch.sym_max`` refuses its traced sizes, and with Python's ``max`` the file it wrote turned
+a 37x53 image into 36x52).
 pytorch/pytorch#99140 (the TorchScript exporter fails on nn.InstanceNorm2d after an upsampling, whose
 channel count its shape inference loses) cannot bite either exporter here: ``nst_ff.net.InstanceNorm``
-computes its statistics with ``var_mean`` and never calls ``instance_norm``; the tests export every
-upsampling mode and norm.
+computes its statistics with ``var_mean`` and never calls ``instance_norm`` (tests/test_onnx.py exports
+instance norm after nearest and bilinear upsampling).
 
 onnx, onnxscript (export) and onnxruntime (running, checking) are optional: ``pip install 'nst-ff[onnx]'``.
 """

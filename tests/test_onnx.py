@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import inspect
 import json
 import subprocess
@@ -12,6 +13,7 @@ import pytest
 import torch
 from PIL import Image
 
+from nst_ff import onnx as nst_onnx
 from nst_ff.config import PROJECT_ROOT
 from nst_ff.errors import UserError
 from nst_ff.export import ModelFileError, load_model, save_model
@@ -20,11 +22,10 @@ from nst_ff.net import InstanceNorm, TransformerNet
 from nst_ff.stylize import Stylizer
 from tests.conftest import SAMPLES
 
-onnx = pytest.importorskip("onnx", reason="ONNX tests need the onnx extra: pip install 'nst-ff[onnx]'")
-pytest.importorskip("onnxscript", reason="ONNX tests need the onnx extra: pip install 'nst-ff[onnx]'")
-pytest.importorskip("onnxruntime", reason="ONNX tests need the onnx extra: pip install 'nst-ff[onnx]'")
-
-from nst_ff import onnx as nst_onnx  # noqa: E402
+needs_onnx = pytest.mark.skipif(
+    not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
+    reason="needs the onnx extra: pip install 'nst-ff[onnx]'",
+)
 
 # A square, two odd sizes, one under the network's 16-pixel minimum; batches of 1 and 2.
 SIZES = [(1, 64, 64), (2, 37, 61), (1, 9, 30)]
@@ -58,6 +59,7 @@ def photo(size: tuple[int, int, int]) -> torch.Tensor:
 
 # InstanceNorm after each upsampling is the pattern of pytorch/pytorch#99140; batch norm and the
 # transposed convolution are the other layers a model file can hold.
+@needs_onnx
 @pytest.mark.parametrize(
     ("upsample", "norm"), [("nearest", "instance"), ("bilinear", "instance"), ("transposed", "batch")]
 )
@@ -73,8 +75,11 @@ def test_round_trip_matches_torch_at_any_size(upsample: str, norm: str) -> None:
         assert nst_onnx.psnr(out, reference) > 40, (upsample, norm, size)
 
 
+@needs_onnx
 def test_file_holds_dynamic_axes_opset_and_metadata(exported: tuple[TransformerNet, Path]) -> None:
     net, path = exported
+    import onnx
+
     model = onnx.load(str(path))
     assert [(o.domain, o.version) for o in model.opset_import if o.domain == ""] == [("", nst_onnx.OPSET)]
     dims = [d.dim_param or d.dim_value for d in model.graph.input[0].type.tensor_type.shape.dim]
@@ -85,6 +90,7 @@ def test_file_holds_dynamic_axes_opset_and_metadata(exported: tuple[TransformerN
     assert json.loads(props["metadata"]) == {"style": "tiny", "steps": 7}
 
 
+@needs_onnx
 def test_stylizer_runs_an_onnx_file_like_the_torch_model(exported: tuple[TransformerNet, Path]) -> None:
     net, path = exported
     runner, metadata = load_model(path)
@@ -97,6 +103,7 @@ def test_stylizer_runs_an_onnx_file_like_the_torch_model(exported: tuple[Transfo
     assert nst_onnx.psnr(out, expected) > 40
 
 
+@needs_onnx
 def test_infer_runs_an_onnx_file(exported: tuple[TransformerNet, Path], tmp_path: Path) -> None:
     _, path = exported
     out = tmp_path / "out.png"
@@ -111,6 +118,7 @@ def test_infer_runs_an_onnx_file(exported: tuple[TransformerNet, Path], tmp_path
     assert Image.open(out).size == Image.open(SAMPLES / "coffee.jpg").size
 
 
+@needs_onnx
 def test_main_exports_a_model_file_and_keeps_existing_outputs(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     model = tmp_path / "tiny.safetensors"
     save_model(model, small_net(), {"style": "tiny", "steps": 3})
@@ -124,6 +132,7 @@ def test_main_exports_a_model_file_and_keeps_existing_outputs(tmp_path: Path, ca
     assert "kept" in capsys.readouterr().out and target.read_bytes() == before
 
 
+@needs_onnx
 def test_a_failed_export_leaves_the_old_file_and_no_temporary(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     model = tmp_path / "tiny.safetensors"
     save_model(model, small_net(), {"style": "tiny"})
@@ -136,6 +145,7 @@ def test_a_failed_export_leaves_the_old_file_and_no_temporary(tmp_path: Path, mo
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny.onnx", "tiny.safetensors"]
 
 
+@needs_onnx
 def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"not a model")
