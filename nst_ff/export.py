@@ -58,6 +58,11 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str
         raise ModelFileError(f"{path}: broken metadata ({error!r}); re-export or re-download the model") from None
 
 
+def shipped_models() -> list[Path]:
+    """The model files that can be named without a path, sorted by name."""
+    return sorted(SHIPPED_MODELS_DIR.glob("*.safetensors"))
+
+
 def resolve_model(name_or_path: str) -> Path:
     """A shipped model's name (``checkpoints/<name>.safetensors``) or a path to a model file."""
     path = Path(name_or_path).expanduser()
@@ -66,13 +71,19 @@ def resolve_model(name_or_path: str) -> Path:
     shipped = SHIPPED_MODELS_DIR / f"{name_or_path}.safetensors"
     if shipped.is_file():
         return shipped
-    names = ", ".join(p.stem for p in sorted(SHIPPED_MODELS_DIR.glob("*.safetensors"))) or "none shipped"
+    names = ", ".join(p.stem for p in shipped_models()) or "none shipped"
     raise UserError(f"{name_or_path}: no such model file or shipped model (shipped: {names})")
 
 
 def load_model(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
-    """Load an exported model (``.safetensors``) or a training checkpoint (``.ckpt``) for inference."""
+    """Load an exported model (``.safetensors``) or a training checkpoint (``.ckpt``) for inference; an ONNX
+    export (``.onnx``) gives an ``nst_ff.onnx.OnnxNet``, which runs like a TransformerNet but has no weights."""
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        from nst_ff.onnx import OnnxNet  # onnxruntime is optional: imported only for .onnx files
+
+        net = OnnxNet(path)
+        return net, net.metadata  # type: ignore[return-value]
     state, config, metadata = _read(path)
     try:
         net = TransformerNet(**config)

@@ -8,7 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from nst_ff.errors import UserError
-from nst_ff.export import load_model, resolve_model
+from nst_ff.export import load_model, resolve_model, shipped_models
 from nst_ff.images import IMAGE_EXTENSIONS, ImageError, find_images, read_picture, write_picture
 from nst_ff.paths import SHIPPED_MODELS_DIR
 from nst_ff.stylize import Stylizer
@@ -16,7 +16,7 @@ from nst_ff.stylize import Stylizer
 
 def list_models() -> list[str]:
     lines = []
-    for path in sorted(SHIPPED_MODELS_DIR.glob("*.safetensors")):
+    for path in shipped_models():
         _, meta = load_model(path)
         lines.append(f"{path.stem:20s} {meta.get('steps', '?')} steps, {path.stat().st_size / 2**20:.1f} MB, {path}")
     return lines

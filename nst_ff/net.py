@@ -124,11 +124,13 @@ class TransformerNet(nn.Module):
         height, width = image.shape[-2:]
         if height == 0 or width == 0:
             raise ValueError(f"cannot stylise an empty image ({height}x{width})")
-        pad_h = max(_MIN_SIZE, -(-height // _MULTIPLE) * _MULTIPLE) - height
-        pad_w = max(_MIN_SIZE, -(-width // _MULTIPLE) * _MULTIPLE) - width
-        if pad_h or pad_w:
-            # Replicate, not reflect: reflection cannot pad a 1-pixel image.
-            image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
+        # Written so that torch.export (the ONNX exporter) keeps height and width symbolic: no branch on the
+        # sizes, torch.sym_max instead of max, and the crop back as a negative pad, whose output size the
+        # exporter can prove for every input size (a slice makes it guard on the one size it traced).
+        padded_h = _MULTIPLE * torch.sym_max(_MIN_SIZE // _MULTIPLE, (height + _MULTIPLE - 1) // _MULTIPLE)
+        padded_w = _MULTIPLE * torch.sym_max(_MIN_SIZE // _MULTIPLE, (width + _MULTIPLE - 1) // _MULTIPLE)
+        # Replicate, not reflect: reflection cannot pad a 1-pixel image.
+        image = F.pad(image, (0, padded_w - width, 0, padded_h - height), mode="replicate")
         # A sigmoid keeps the output a valid image without clamping away the gradient.
         out = torch.sigmoid(self.body(image))
-        return out[..., :height, :width]
+        return F.pad(out, (0, width - padded_w, 0, height - padded_h))

@@ -5,6 +5,7 @@ Imports neither Lightning nor the VGG code, so it starts quickly and needs no lo
 
 from __future__ import annotations
 
+import math
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -53,7 +54,10 @@ class Stylizer:
         elif self.device.type == "cpu" and fast_allocator:
             keep_freed_memory()
         self.forward = torch.compile(self.net, dynamic=True) if compile else self.net
-        self.tile_above, self.tile_size, self.tile_overlap = tile_above, tile_size, tile_overlap
+        # Tiles share statistics through TransformerNet's InstanceNorm modules; a net without them (an ONNX
+        # export run by onnxruntime) stylises whole images.
+        self.tile_above = tile_above if isinstance(net, TransformerNet) else math.inf
+        self.tile_size, self.tile_overlap = tile_size, tile_overlap
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> Stylizer:
