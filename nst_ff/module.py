@@ -89,7 +89,7 @@ class StyleTransferModule(pl.LightningModule):
     def setup(self, stage: str) -> None:
         if self.perceptual is not None:
             return
-        device = self.trainer.strategy.root_device if self._trainer is not None else torch.device("cpu")
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
         self.execution = training_execution(device, self.hparams.channels_last)
         loss = self.hparams.loss
         style_image = load_image(self.hparams.style["image"], loss.get("style_size"))
