@@ -269,12 +269,16 @@ class Probe:
         folder = self.work / f"photos_{size}"
         make_photos(folder, count, size)
         runs = {}
-        for compile_setting in ("auto", "true"):
+        # compile=true twice: the second process finds the first one's compilation in the cache.
+        labels = ("compile=auto", "compile=true", "compile=true, second process")
+        for label, compile_setting in zip(labels, ("auto", "true", "true"), strict=True):
+            if self.left() < 30:
+                break
             out = self.work / f"styled_{compile_setting}"
             args = ["infer.py", "model=starry_night", f"input={folder}", f"output={out}", "overwrite=true"]
             result, wall = self.command([*args, f"compile={compile_setting}"], self.left() - 5)
             match = re.search(r"(\d+) image\(s\) in ([\d.]+) s \(([\d.]+) images/s\)", result.stderr)
-            runs[f"compile={compile_setting}"] = {
+            runs[label] = {
                 "images": count,
                 "process_wall_s": wall,
                 "images_per_s_whole_process": count / wall,

@@ -14,7 +14,6 @@ from torchvision.utils import make_grid
 
 from nst_ff.errors import UserError
 from nst_ff.execution import (
-    Execution,
     compile_training,
     compiled,
     fused_optimizer,
@@ -96,7 +95,7 @@ class StyleTransferModule(pl.LightningModule):
         self.perceptual = PerceptualLoss.from_config(**loss)
         self.perceptual.set_style(style_image)
         self.perceptual.to(memory_format=self.execution.memory_format)
-        self.execution.prepare(self.net)  # moved again with the module by Lightning; a no-op then
+        self.execution.prepare(self.net)
         self.style_image = style_image
         self.style_sha256 = file_sha256(self.hparams.style["image"])
         steps = self.trainer.max_steps if self._trainer is not None else 0
@@ -104,12 +103,12 @@ class StyleTransferModule(pl.LightningModule):
             self.compile_mode = training_compile_mode(device, self.hparams.compile_mode)
             self._train_losses = compiled(self.compute_losses, mode=self.compile_mode, dynamic=False)
         if self._trainer is not None and self.trainer.is_global_zero:
-            log.info("%s", self.describe_run(self.execution, str(self.trainer.precision)))
+            log.info("%s", self.describe_run(str(self.trainer.precision)))
 
-    def describe_run(self, execution: Execution, precision: str) -> str:
+    def describe_run(self, precision: str) -> str:
         """The one line saying what the training runs on."""
         compiled_how = f"compiled ({self.compile_mode})" if self.compile_mode else "not compiled"
-        return f"training on {execution.describe()}, precision {precision}, {compiled_how}"
+        return f"training on {self.execution.describe()}, precision {precision}, {compiled_how}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.execution.memory_format))
