@@ -181,6 +181,9 @@ class Probe:
         runners = {name: make() for name, make in configs.items()}  # the compiled one compiles once, for all sizes
         rows = []
         for size in self.setup["sizes"]:
+            if self.left() < 60:
+                rows.append({"size": size, "skipped": "out of time"})
+                continue
             image = nn.functional.interpolate(photo, size=(size, size), mode="bicubic").clamp(0, 1).to(self.device)
             outputs = {}
             for name, run in runners.items():
@@ -202,6 +205,9 @@ class Probe:
             data.setup("fit")
             batch = to_float(next(iter(data.train_dataloader())).to(self.device))
             for name in ("reference (eager fp32 NCHW, nn.InstanceNorm2d)", "nst-ff eager", "nst-ff compiled"):
+                if self.left() < 60:  # a compilation may take a minute: leave the time to later parts
+                    rows.append({"batch": batch_size, "config": name, "skipped": "out of time"})
+                    continue
                 self.fresh()
                 compile = name == "nst-ff compiled"
                 module = training_module(**self.weights_args, device=str(self.device), compile=compile)
@@ -407,13 +413,15 @@ def summary(results: dict[str, Any]) -> str:
     lines = [f"# GPU probe: {results['machine'].get('gpu', 'CPU smoke run')}, torch {results['machine']['torch']}"]
     inference = results.get("inference", {})
     if "rows" in inference:
-        sizes = sorted({row["size"] for row in inference["rows"]})
-        lines += ["", "inference ms/image (peak MB) | " + " | ".join(f"{s}x{s}" for s in sizes), "|---" * 5 + "|"]
-        for config in dict.fromkeys(row["config"] for row in inference["rows"]):
+        measured = [row for row in inference["rows"] if "ms" in row]
+        sizes = sorted({row["size"] for row in measured})
+        header = "inference ms/image (peak MB) | " + " | ".join(f"{s}x{s}" for s in sizes)
+        lines += ["", header, "|---" * (len(sizes) + 1) + "|"]
+        for config in dict.fromkeys(row["config"] for row in measured):
             cells = [
                 f"{row['ms']:.2f} ({row['peak_mb'] or 0:.0f})"
                 for size in sizes
-                for row in inference["rows"]
+                for row in measured
                 if row["size"] == size and row["config"] == config
             ]
             lines.append(f"| {config} | " + " | ".join(cells) + " |")
@@ -421,7 +429,7 @@ def summary(results: dict[str, Any]) -> str:
     if "rows" in steps:
         header = f"training step at {steps['crop']} px | batch | ms | images/s | peak MB | first call s"
         lines += ["", header, "|---" * 6 + "|"]
-        for row in steps["rows"]:
+        for row in (row for row in steps["rows"] if "ms" in row):
             lines.append(
                 f"| {row['config']} | {row['batch']} | {row['ms']:.1f} | {row['images_per_s']:.0f} | "
                 f"{row['peak_mb'] or 0:.0f} | {row['first_call_s']:.1f} |"
@@ -448,6 +456,9 @@ def summary(results: dict[str, Any]) -> str:
     for name, value in results.items():
         if isinstance(value, dict) and ("error" in value or "skipped" in value):
             lines.append(f"{name}: {value.get('error') or value.get('skipped')}")
+        skipped = [row for row in value.get("rows", []) if "skipped" in row] if isinstance(value, dict) else []
+        if skipped:
+            lines.append(f"{name}: skipped (out of time) {skipped}")
     return "\n".join(lines)
 
 
