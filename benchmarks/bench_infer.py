@@ -37,7 +37,7 @@ CONFIGS = {
     "fp32 eager": REFERENCE,
     "+channels_last": {**REFERENCE, "channels_last": True},
     "+fast allocator": {**REFERENCE, "fast_allocator": True},
-    "+autocast (auto)": {**REFERENCE, "precision": "auto"},
+    "+precision (auto)": {**REFERENCE, "precision": "auto"},
     "tuned (default)": {},
     "tuned + compile": {"compile": True},
     # The same network exported to ONNX (nst_ff.onnx) and run by onnxruntime on the CPU, fp32.
@@ -138,8 +138,7 @@ def main() -> None:
                 )
     tuned = Stylizer(TransformerNet(channels=4, num_res_blocks=0), device=args.device)
     extra = {
-        "tuned (default)": f"device={tuned.device}, autocast={tuned.dtype or 'off (fp32)'}, channels_last, "
-        "inference_mode, fast allocator",
+        "tuned (default)": f"{tuned.execution.describe()}, inference_mode, fast allocator",
         "model": args.model or "random init (seed 0)",
         "runs": f"median of {args.repeats} after {args.warmup} warm-up; one process per row (its own peak memory)",
     }

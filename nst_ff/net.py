@@ -26,16 +26,21 @@ class InstanceNorm(nn.InstanceNorm2d):
     cost as much as the convolutions' speed-up from channels_last (profiled on CPU, 1024x1024).
 
     ``shared_stats`` (set by ``nst_ff.tiling``) replaces the per-image statistics, so that tiles of
-    one image are all normalised like the whole image.
+    one image are all normalised like the whole image. ``fused`` (set by ``nst_ff.execution``) runs
+    torch's own kernel instead: on CUDA in NCHW it is one fused kernel where the scale-and-shift form
+    launches about eleven small ones.
     """
 
     shared_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+    fused: bool = False
 
     def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(variance, mean) per image and channel, in float32 even under bf16/fp16 autocast."""
         return torch.var_mean(x.float(), dim=(-2, -1), keepdim=True, correction=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and self.shared_stats is None:
+            return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
         var, mean = self.shared_stats or self.statistics(x)
         scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1)
         shift = self.bias.view(1, -1, 1, 1) - mean * scale

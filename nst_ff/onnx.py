@@ -120,6 +120,9 @@ class OnnxNet(nn.Module):
         self.config = json.loads(props["net"])
         self.metadata = json.loads(props["metadata"])
 
+    def __deepcopy__(self, memo: dict) -> OnnxNet:
+        return self  # the session holds no state that a run changes: copies (e.g. the Stylizer's) share it
+
     @torch.compiler.disable  # onnxruntime runs the graph: nothing to compile (Stylizer(compile=True) is a no-op)
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         array = images.detach().float().cpu().contiguous().numpy()

@@ -16,12 +16,14 @@ from typing import Any
 
 from nst_ff.device import PRECISIONS
 from nst_ff.errors import UserError
+from nst_ff.execution import COMPILE_SETTINGS
 from nst_ff.net import NORMS, UPSAMPLES
 from nst_ff.weights import SOURCES, VGG_BLOCKS
 
 SCHEDULERS = ("none", "cosine", "step")
 OPTIMIZERS = ("lbfgs", "adam")
 INITS = ("content", "noise", "style")
+COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Seeds go to numpy and torch generators, which take unsigned 32-bit values.
 MAX_SEED = 2**32 - 1
 
@@ -48,6 +50,10 @@ Init = _choices("Init", INITS)
 def require(condition: bool, key: str, value: object, allowed: str) -> None:
     if not condition:
         raise ConfigError(f"{key}: {allowed}" if value is None else f"{key}={value}: {allowed}")
+
+
+def check_compile(key: str, setting: object) -> None:
+    require(setting in COMPILE_SETTINGS, key, setting, "choose true, false or auto")
 
 
 def check_device(key: str, device: str) -> None:
@@ -105,10 +111,10 @@ class DataConfig:
     crop_size: int | None = None
     batch_size: int = 4
     flip: bool = True
-    num_workers: int = 2
+    num_workers: int | None = None
     verify: bool = True
     seed: int = 0
-    pin_memory: bool = False
+    pin_memory: bool | None = None
     val_root: str = ""
     val_image_size: int = 256
     val_count: int = 4
@@ -116,7 +122,8 @@ class DataConfig:
     def validate(self) -> None:
         require(self.image_size >= 16, "data.image_size", self.image_size, "must be 16 or more")
         require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be 1 or more")
-        require(self.num_workers >= 0, "data.num_workers", self.num_workers, "must be 0 or more")
+        workers_ok = self.num_workers is None or self.num_workers >= 0
+        require(workers_ok, "data.num_workers", self.num_workers, "0 or more, or null (the device decides)")
         require(self.val_image_size >= 16, "data.val_image_size", self.val_image_size, "must be 16 or more")
         require(self.val_count >= 1, "data.val_count", self.val_count, "must be 1 or more")
 
@@ -139,13 +146,17 @@ class ModelConfig:
     net: NetConfig = field(default_factory=NetConfig)
     lr: float = 1e-3
     scheduler: Scheduler = Scheduler.none  # type: ignore[attr-defined]
-    channels_last: bool = True
+    channels_last: bool | None = None
+    compile: Any = "auto"
+    compile_mode: str = "auto"
     init_from: str | None = None
     loss: LossConfig = field(default_factory=LossConfig)
     style: StyleConfig = field(default_factory=StyleConfig)
 
     def validate(self) -> None:
         require(self.lr > 0, "model.lr", self.lr, "must be more than 0")
+        check_compile("model.compile", self.compile)
+        require(self.compile_mode in COMPILE_MODES, "model.compile_mode", self.compile_mode, f"one of {COMPILE_MODES}")
 
 
 @dataclass
@@ -156,7 +167,7 @@ class TrainerConfig:
     _target_: str = "pytorch_lightning.Trainer"
     accelerator: str = "cpu"
     devices: Any = 1
-    strategy: str = "auto"
+    strategy: Any = "auto"
     precision: str = "32-true"
     max_steps: int = 40000
     max_epochs: int = -1
@@ -227,7 +238,7 @@ class InferConfig:
     max_size: int | None = None
     device: str = "auto"
     precision: Precision = Precision.auto  # type: ignore[attr-defined]
-    compile: bool = False
+    compile: Any = "auto"
     tile_above: int = 4096 * 4096
     tile_size: int = 1024
     tile_overlap: int = 64
@@ -241,6 +252,7 @@ class InferConfig:
         require(0 <= self.strength <= 1, "strength", self.strength, "must be between 0 and 1")
         require(self.max_size is None or self.max_size >= 16, "max_size", self.max_size, "16 or more, or null")
         check_device("device", self.device)
+        check_compile("compile", self.compile)
         require(self.tile_above >= 1, "tile_above", self.tile_above, "must be 1 or more pixels")
         require(self.tile_size >= 64, "tile_size", self.tile_size, "must be 64 or more")
         require(0 <= self.tile_overlap < self.tile_size // 2, "tile_overlap", self.tile_overlap, "0 to tile_size/2")

@@ -55,7 +55,7 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     model = instantiate(cfg["model"], _convert_="all")
     # Everything that can fail on the user's input (photos, painting, VGG weights) fails here, before any output.
     datamodule.setup("fit")
-    model.setup("fit")
+    model.build_loss()
     checkpoints = ModelCheckpoint(
         dirpath=out / "checkpoints",
         filename="step{step:07d}",

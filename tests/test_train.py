@@ -144,6 +144,8 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr[-3000:]
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
     assert (tmp_path / "train_ddp_process_1.log").exists()
+    # One line says what the run is on, from rank 0 only (trainer=ddp: DDPStrategy without buffer broadcasts).
+    assert (result.stdout + result.stderr).count("training on cpu") == 1
 
 
 def test_multirun_sweep_records_each_jobs_own_command(tmp_path: Path) -> None:
