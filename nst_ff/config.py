@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+import sys
 import typing
 from pathlib import Path
 from typing import Any
@@ -136,8 +137,11 @@ def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[s
     return result
 
 
-def job_command(script: str) -> str:
-    """How to run this job again: the script and the job's own overrides (in a multirun, its combination)."""
+def job_command() -> str:
+    """How to run this job again: the command as it was started (``python train.py`` in a checkout, ``nst-train``
+    when installed) and the job's own overrides (in a multirun, its combination)."""
     from hydra.core.hydra_config import HydraConfig
 
-    return " ".join(["python", script, *HydraConfig.get().overrides.task])
+    program = Path(sys.argv[0]).name
+    command = f"python {program}" if program.endswith(".py") else program
+    return " ".join([command, *HydraConfig.get().overrides.task])

@@ -17,9 +17,11 @@ from safetensors.torch import save
 from nst_ff.errors import UserError
 from nst_ff.files import atomic_write
 from nst_ff.net import TransformerNet
-from nst_ff.paths import SHIPPED_MODELS_DIR
+from nst_ff.paths import model_dirs, models_dir
 
 FORMAT = "nst_ff.model/1"
+# The model files that can be named without a path (a .ckpt always needs its path).
+NAMED_SUFFIXES = (".safetensors", ".onnx")
 
 
 class ModelFileError(UserError, ValueError):
@@ -59,20 +61,29 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str
 
 
 def shipped_models() -> list[Path]:
-    """The model files that can be named without a path, sorted by name."""
-    return sorted(SHIPPED_MODELS_DIR.glob("*.safetensors"))
+    """Every model file that can be named without a path, where it lives: the shipped models (a checkout's
+    checkpoints/ or the installed package's copy), then the user's (``nst_ff.paths.models_dir()``); in each
+    folder its ``.safetensors`` files, then its ``.onnx`` files, by name. ``resolve_model`` takes the first of
+    a name."""
+    return [path for folder in model_dirs() for suffix in NAMED_SUFFIXES for path in sorted(folder.glob(f"*{suffix}"))]
 
 
 def resolve_model(name_or_path: str) -> Path:
-    """A shipped model's name (``checkpoints/<name>.safetensors``) or a path to a model file."""
+    """A path to a model file, else a name looked up in ``model_dirs()`` in order: ``name`` as
+    ``<name>.safetensors`` or ``<name>.onnx``, or ``name.onnx`` / ``name.safetensors`` as it is."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    shipped = SHIPPED_MODELS_DIR / f"{name_or_path}.safetensors"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(p.stem for p in shipped_models()) or "none shipped"
-    raise UserError(f"{name_or_path}: no such model file or shipped model (shipped: {names})")
+    names = [name_or_path] if path.suffix in NAMED_SUFFIXES else [name_or_path + s for s in NAMED_SUFFIXES]
+    for folder in model_dirs():
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    known = ", ".join(dict.fromkeys(p.stem for p in shipped_models())) or "none"
+    raise UserError(
+        f"{name_or_path}: no such model file or shipped model (known: {known}); give a model file's path, or put "
+        f"the file in {models_dir()} (set NST_FF_HOME to move that folder) to use it by name"
+    )
 
 
 def load_model(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:

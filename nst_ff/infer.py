@@ -26,16 +26,19 @@ from nst_ff.images import (
     to_uint8,
     write_picture,
 )
-from nst_ff.paths import SHIPPED_MODELS_DIR
+from nst_ff.paths import models_dir
 from nst_ff.pipeline import Writer, batched, read_ahead
 from nst_ff.stylize import Stylizer
 
 
 def list_models() -> list[str]:
+    """One line per model that can be named (``shipped_models``), then where to put more."""
     lines = []
     for path in shipped_models():
-        _, meta = load_model(path)
-        lines.append(f"{path.stem:20s} {meta.get('steps', '?')} steps, {path.stat().st_size / 2**20:.1f} MB, {path}")
+        # An ONNX file's metadata needs onnxruntime to read: listing works without it.
+        kind = "ONNX export" if path.suffix == ".onnx" else f"{load_model(path)[1].get('steps', '?')} steps"
+        lines.append(f"{path.stem:20s} {kind}, {path.stat().st_size / 2**20:.1f} MB, {path}")
+    lines.append(f"(to name your own models, put .safetensors or .onnx files in {models_dir()}; NST_FF_HOME moves it)")
     return lines
 
 
@@ -92,7 +95,7 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
 def run(cfg: dict) -> int:
     """Returns the exit status: 0 when every input was written or kept, 1 when some failed."""
     if cfg.get("list"):
-        print("\n".join(list_models()) or f"no models in {SHIPPED_MODELS_DIR}")
+        print("\n".join(list_models()))
         return 0
     model_path = resolve_model(str(cfg["model"]))
     net, _ = load_model(model_path)

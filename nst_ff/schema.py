@@ -1,4 +1,4 @@
-"""The options of the three commands, typed: every key, its type, its allowed values and its range.
+"""The options of the five commands, typed: every key, its type, its allowed values and its range.
 
 ``nst_ff.config.validate`` checks a composed Hydra config against these dataclasses (types, allowed values,
 unknown keys), then calls each one's ``validate`` (ranges, files), so that a mistake stops the command at the
@@ -8,11 +8,14 @@ start with one line naming the key, the value and what is allowed. Each dataclas
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 from enum import Enum
 from pathlib import Path
 from typing import Any
+
+from omegaconf import MISSING
 
 from nst_ff.device import PRECISIONS
 from nst_ff.errors import UserError
@@ -26,6 +29,8 @@ INITS = ("content", "noise", "style")
 COMPILE_MODES = ("auto", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 # Seeds go to numpy and torch generators, which take unsigned 32-bit values.
 MAX_SEED = 2**32 - 1
+# A host name's labels (RFC 1123): letters, digits and inner hyphens, dot-separated.
+_HOST_NAME = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)(\.(?!-)[A-Za-z0-9-]{1,63}(?<!-))*")
 
 
 class ConfigError(UserError, ValueError):
@@ -60,6 +65,19 @@ def check_device(key: str, device: str) -> None:
     """auto, cpu, mps, cuda or cuda:N; whether it is present here is checked when it is used."""
     known = re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", device)
     require(bool(known), key, device, "choose auto, cpu, cuda, cuda:N or mps")
+
+
+def check_max_size(key: str, max_size: int | None) -> None:
+    require(max_size is None or max_size >= 16, key, max_size, "16 or more, or null")
+
+
+def is_host(host: str) -> bool:
+    """An IP address or a well-formed host name (whether it is this machine's is checked when serving)."""
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        return len(host) <= 253 and bool(_HOST_NAME.fullmatch(host))
 
 
 @dataclass
@@ -250,7 +268,7 @@ class InferConfig:
         require(bool(self.model), "model", self.model, "required: a shipped model's name or a model file")
         require(self.input not in (None, "", []), "input", self.input, "required: an image file, a folder or a list")
         require(0 <= self.strength <= 1, "strength", self.strength, "must be between 0 and 1")
-        require(self.max_size is None or self.max_size >= 16, "max_size", self.max_size, "16 or more, or null")
+        check_max_size("max_size", self.max_size)
         check_device("device", self.device)
         check_compile("compile", self.compile)
         require(self.tile_above >= 1, "tile_above", self.tile_above, "must be 1 or more pixels")
@@ -288,3 +306,32 @@ class OptimizeConfig:
         check_device("device", self.device)
         for key in ("log_every", "image_every", "save_every"):
             require(getattr(self, key) >= 0, key, getattr(self, key), "must be 0 (off) or more")
+
+
+@dataclass
+class ExportConfig:
+    model: str = MISSING
+    output: str | None = None
+    opset: int = 18
+    overwrite: bool = False
+
+    def validate(self) -> None:
+        from nst_ff.onnx import check_opset  # ONNX's limits live beside the exporter
+
+        check_opset(self.opset)
+
+
+@dataclass
+class ServeConfig:
+    host: str = "127.0.0.1"
+    port: int = 7860
+    device: str = "auto"
+    precision: Precision = Precision.auto  # type: ignore[attr-defined]
+    max_size: int | None = None
+
+    def validate(self) -> None:
+        allowed = "give an IP address or a host name: 127.0.0.1 (this machine only) or 0.0.0.0 (every interface)"
+        require(is_host(self.host), "host", self.host, allowed)
+        require(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
+        check_device("device", self.device)
+        check_max_size("max_size", self.max_size)

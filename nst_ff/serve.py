@@ -121,14 +121,20 @@ def serve(
     """The nst-serve command: serve the page on ``host:port`` (this machine only by default). ``block=False``
     returns the running app (``app.close()`` stops it)."""
     app = build_app(device, precision, max_size, model_paths=host in LOOPBACK)
-    app.launch(
-        server_name=host,
-        server_port=port,
-        share=False,
-        inbrowser=False,
-        prevent_thread_lock=not block,
-        footer_links=[],
-        ssr_mode=False,
-        mcp_server=False,
-    )
+    try:
+        app.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            prevent_thread_lock=not block,
+            footer_links=[],
+            ssr_mode=False,
+            mcp_server=False,
+        )
+    except OSError:  # Gradio's message blames the port alone and names its own settings
+        raise UserError(
+            f"host={host} port={port}: cannot serve there (the port is in use or needs root, or the host is not "
+            "this machine's); choose another port= or host="
+        ) from None
     return app

