@@ -30,15 +30,18 @@ from nst_ff.net import TransformerNet  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
 
 # Every speed option off (the reference), each option alone, the Stylizer defaults (what infer.py
-# uses), and the defaults plus torch.compile.
+# uses), the defaults plus torch.compile, and an ONNX export run by onnxruntime.
+ONNXRUNTIME = "onnxruntime (CPU)"
 REFERENCE = {"precision": "fp32", "channels_last": False, "fast_allocator": False}
 CONFIGS = {
     "fp32 eager": REFERENCE,
     "+channels_last": {**REFERENCE, "channels_last": True},
     "+fast allocator": {**REFERENCE, "fast_allocator": True},
-    "+autocast (auto)": {**REFERENCE, "precision": "auto"},
+    "+precision (auto)": {**REFERENCE, "precision": "auto"},
     "tuned (default)": {},
     "tuned + compile": {"compile": True},
+    # The same network exported to ONNX (nst_ff.onnx) and run by onnxruntime on the CPU, fp32.
+    ONNXRUNTIME: {},
 }
 
 
@@ -56,7 +59,12 @@ def load_net(model: str | None) -> TransformerNet:
 
 def child(args: argparse.Namespace) -> None:
     options = dict(CONFIGS[args.config])
-    stylizer = Stylizer(load_net(args.model), device=args.device, **options)
+    net, device = load_net(args.model), args.device
+    if args.config == ONNXRUNTIME:
+        from nst_ff.onnx import OnnxNet, to_onnx
+
+        net, device = OnnxNet(to_onnx(net, {}), providers=["CPUExecutionProvider"]), "cpu"
+    stylizer = Stylizer(net, device=device, **options)
     image = torch.nn.functional.interpolate(load_image(args.photo), size=(args.size, args.size), mode="bicubic")
     image = image.clamp(0, 1)
     sync = torch.cuda.synchronize if stylizer.device.type == "cuda" else (lambda: None)
@@ -130,8 +138,7 @@ def main() -> None:
                 )
     tuned = Stylizer(TransformerNet(channels=4, num_res_blocks=0), device=args.device)
     extra = {
-        "tuned (default)": f"device={tuned.device}, autocast={tuned.dtype or 'off (fp32)'}, channels_last, "
-        "inference_mode, fast allocator",
+        "tuned (default)": f"{tuned.execution.describe()}, inference_mode, fast allocator",
         "model": args.model or "random init (seed 0)",
         "runs": f"median of {args.repeats} after {args.warmup} warm-up; one process per row (its own peak memory)",
     }

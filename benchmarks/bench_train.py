@@ -30,37 +30,55 @@ from nst_ff.distill import DistillModule  # noqa: E402
 from nst_ff.module import StyleTransferModule  # noqa: E402
 
 
-def timed_steps(
-    args: argparse.Namespace, module: StyleTransferModule, loss: Callable[[], torch.Tensor], precision: str
-) -> float:
-    module.setup("fit")
-    optimizer = torch.optim.Adam(module.net.parameters(), lr=1e-3)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if precision == "bf16-mixed" else nullcontext()
+def training_module(
+    weights: str, weights_path: str | None = None, device: str = "cpu", **options: object
+) -> StyleTransferModule:
+    """The default network and johnson2016 loss for starry_night on ``device``; ``options`` go to the module."""
+    loss = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "loss" / "johnson2016.yaml"))
+    loss["weights"] = {"source": weights, "path": weights_path}
+    style = {"name": "starry_night", "image": str(ROOT / "assets" / "styles" / "starry_night.jpg")}
+    torch.manual_seed(0)
+    module = StyleTransferModule(net={}, loss=loss, style=style, **options).to(device)
+    module.setup("fit")  # the execution policy follows the module's device
+    return module.to(device)
+
+
+def training_step(
+    module: StyleTransferModule, optimizer: torch.optim.Optimizer, batch: torch.Tensor, dtype: torch.dtype | None
+) -> Callable[[], None]:
+    """What Lightning runs per step with automatic optimization (the module's training_step minus logging):
+    forward and loss under ``dtype`` autocast (None: fp32), backward, optimizer step."""
 
     def step() -> None:
-        with autocast:
-            total = loss()
-        optimizer.zero_grad(set_to_none=True)
+        if module.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()
+        with torch.autocast(batch.device.type, dtype=dtype) if dtype else nullcontext():
+            total, _ = module._train_loss(batch)
         total.backward()
         optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
+    return step
+
+
+def step_seconds(
+    args: argparse.Namespace, precision: str, channels_last: bool, compile: bool, batch: torch.Tensor
+) -> float:
+    module = training_module(args.weights, args.weights_path, channels_last=channels_last, compile=compile)
+    optimizer = torch.optim.Adam(module.net.parameters(), lr=1e-3)
+    step = training_step(module, optimizer, batch, torch.bfloat16 if precision == "bf16-mixed" else None)
     return median_seconds(step, args.warmup, args.repeats, lambda: None)
 
 
-def step_seconds(args: argparse.Namespace, precision: str, channels_last: bool, batch: torch.Tensor) -> float:
-    loss = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "loss" / "johnson2016.yaml"))
-    loss["weights"] = {"source": args.weights, "path": args.weights_path}
-    style = {"name": "starry_night", "image": str(ROOT / "assets" / "styles" / "starry_night.jpg")}
-    torch.manual_seed(0)
-    module = StyleTransferModule(net={}, loss=loss, style=style, channels_last=channels_last)
-    return timed_steps(args, module, lambda: module.compute_losses(batch)[1].total, precision)
-
-
 def distill_step_seconds(args: argparse.Namespace, precision: str, batch: torch.Tensor) -> float:
+    """A distillation step (conf/model/fast.yaml student, args.teacher) as train.py runs it."""
     net = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "model" / "fast.yaml"))["net"]
     torch.manual_seed(0)
-    module = DistillModule(net=net, teacher=args.teacher)
-    return timed_steps(args, module, lambda: module.distillation_loss(*module.outputs(batch)), precision)
+    module = DistillModule(net=net, teacher=args.teacher, perceptual_weight=0.01)
+    module.setup("fit")
+    optimizer = torch.optim.Adam(module.net.parameters(), lr=1e-3)
+    step = training_step(module, optimizer, batch, torch.bfloat16 if precision == "bf16-mixed" else None)
+    return median_seconds(step, args.warmup, args.repeats, lambda: None)
 
 
 def loader_images_per_sec(args: argparse.Namespace) -> float:
@@ -96,6 +114,7 @@ def main() -> None:
     parser.add_argument("--loader-batches", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--compile", action="store_true", help="the tuned step compiled (model.compile=true)")
     parser.add_argument("--json")
     args = parser.parse_args()
 
@@ -107,14 +126,19 @@ def main() -> None:
         num_workers=0,
     )
     data.setup("fit")
-    batch = next(iter(data.train_dataloader()))  # real photos
+    batch = data.on_after_batch_transfer(next(iter(data.train_dataloader())), 0)  # real photos, float
 
     tuned_precision = auto_precision("cpu")
-    configs = {"fp32 eager": ("32-true", False), "tuned": (tuned_precision, True)}
+    configs = {
+        "fp32 eager": ("32-true", False, False),
+        "fp32 channels_last": ("32-true", True, False),
+        "tuned": (tuned_precision, True, args.compile),
+    }
     seconds = {"fp32 eager": step_seconds(args, *configs["fp32 eager"], batch)}
     keep_freed_memory()  # process-wide and irreversible: after the reference, as train.py does at start
-    seconds["tuned"] = step_seconds(args, *configs["tuned"], batch)
-    configs["distill (fast student)"] = (tuned_precision, True)
+    for name in ("fp32 channels_last", "tuned") if tuned_precision != "32-true" else ("tuned",):
+        seconds[name] = step_seconds(args, *configs[name], batch)
+    configs["distill (fast student)"] = (tuned_precision, True, False)
     seconds["distill (fast student)"] = distill_step_seconds(args, tuned_precision, batch)
     rows = [
         {
@@ -130,8 +154,9 @@ def main() -> None:
     ]
     loader = loader_images_per_sec(args)
     extra = {
-        "step": f"batch {args.batch_size}, {args.size}x{args.size}, johnson2016 loss (VGG-16 to relu4_3); "
-        f"distill: conf/model/fast.yaml student, teacher {args.teacher}, MSE to the teacher's output",
+        "step": f"batch {args.batch_size}, {args.size}x{args.size}, johnson2016 loss (VGG-16 to relu4_3)"
+        + (", tuned step compiled" if args.compile else "")
+        + f"; distill: conf/model/fast.yaml student, teacher {args.teacher}, MSE + relu2_2 to the teacher's output",
         "loader images/s": f"{loader:.1f} with {args.workers} workers on {args.data} "
         f"({loader / rows[1]['images/s']:.0f}x what the tuned step consumes)",
     }

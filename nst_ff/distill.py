@@ -13,13 +13,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 from torchvision.utils import make_grid
 
 from nst_ff.compare import style_image_path
 from nst_ff.errors import UserError
 from nst_ff.export import load_model, resolve_model
-from nst_ff.images import load_image
-from nst_ff.module import StyleTransferModule, file_sha256
+from nst_ff.files import file_sha256
+from nst_ff.module import StyleTransferModule
 from nst_ff.perceptual import PerceptualLoss, VGGEncoder
 
 # What a student inherits from its teacher's metadata: the style image and the loss it is judged by.
@@ -45,8 +46,10 @@ class DistillModule(StyleTransferModule):
         style: dict[str, Any] | None = None,
         lr: float = 1e-3,
         scheduler: str = "none",
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         init_from: str | None = None,
+        compile: bool | str = "auto",
+        compile_mode: str = "auto",
         perceptual_weight: float = 0.0,
         style_loss_weight: float = 0.0,
     ) -> None:
@@ -59,7 +62,9 @@ class DistillModule(StyleTransferModule):
             raise UserError(f"{teacher_path}: the teacher's metadata lacks {missing}; export it with train.py")
         name = (style or {}).get("name") or f"{meta['style']}_fast"
         student_style = {"name": name, "image": meta.get("style_image")}
-        super().__init__(net, meta["loss"], student_style, lr, scheduler, channels_last, init_from)
+        super().__init__(
+            net, meta["loss"], student_style, lr, scheduler, channels_last, init_from, compile, compile_mode
+        )
         self.teacher = teacher_net.requires_grad_(False)
         self.name = name
         self.teacher_info = {
@@ -70,23 +75,27 @@ class DistillModule(StyleTransferModule):
             "steps": meta.get("steps"),
         }
         self.teacher_meta = {key: meta[key] for key in _TEACHER_KEYS if key in meta}
-        self.style_image: torch.Tensor | None = None
+        self.targets_grid: torch.Tensor | None = None
         self.encoder: VGGEncoder | None = None
 
-    def setup(self, stage: str) -> None:
-        self.net.to(memory_format=self.memory_format)
-        self.teacher.to(memory_format=self.memory_format)
+    def build_loss(self) -> PerceptualLoss | None:
+        """The VGG terms that are switched on, built once on the CPU (none when both weights are 0)."""
         if self.hparams.perceptual_weight and self.encoder is None:
             weights = self.hparams.loss.get("weights") or {}
             source = weights.get("source") or "torchvision"
             self.encoder = VGGEncoder("vgg16", ["relu2_2"], source, weights.get("path"))
-            self.encoder.to(device=self.device, memory_format=self.memory_format)
         if self.hparams.style_loss_weight and self.perceptual is None:
-            loss = self.hparams.loss
-            style_image = load_image(style_image_path(self.teacher_meta, None), loss.get("style_size"))
-            self.perceptual = PerceptualLoss.from_config(**loss)
-            self.perceptual.set_style(style_image)
-            self.perceptual.to(device=self.device, memory_format=self.memory_format)
+            style_image = style_image_path(self.teacher_meta, None)
+            self.perceptual = PerceptualLoss.for_style(style_image, **self.hparams.loss)
+        return self.perceptual
+
+    def frozen_modules(self) -> list[nn.Module]:
+        self.build_loss()
+        return [module for module in (self.encoder, self.perceptual) if module is not None]
+
+    def setup(self, stage: str) -> None:
+        super().setup(stage)
+        self.execution.prepare(self.teacher)
 
     def train(self, mode: bool = True) -> DistillModule:
         super().train(mode)
@@ -95,7 +104,7 @@ class DistillModule(StyleTransferModule):
 
     def outputs(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(student output, teacher output) for the same photos."""
-        images = images.contiguous(memory_format=self.memory_format)
+        images = images.contiguous(memory_format=self.execution.memory_format)
         with torch.no_grad():
             target = self.teacher(images)
         return self.net(images), target
@@ -116,20 +125,21 @@ class DistillModule(StyleTransferModule):
             loss = loss + self.hparams.style_loss_weight * terms.total
         return loss
 
-    def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        self._log_images_per_sec(batch.shape[0])
-        loss = self.distillation_loss(*self.outputs(batch), batch)
-        self.log("train/distill", loss)
-        self.log("loss", loss, prog_bar=True, logger=False)
-        return loss
+    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        loss = self.distillation_loss(*self.outputs(images), images)
+        return loss, {"distill": loss}
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         output, target = self.outputs(batch)
         self.log("val/distill", self.distillation_loss(output, target, batch), sync_dist=True)
         self._val_outputs.append(output.float().cpu())
-        if self.style_image is None:
-            # Shown once as val/style beside the student's val/stylized grid: the targets.
-            self.style_image = make_grid(target.float().cpu(), nrow=len(target))[None]
+        if self.targets_grid is None:
+            self.targets_grid = make_grid(target.float().cpu(), nrow=len(target))
+
+    def reference_image(self) -> torch.Tensor:
+        """The teacher's outputs on the validation photos, shown once as val/style: the student's targets."""
+        assert self.targets_grid is not None, "validation_step ran first"
+        return self.targets_grid
 
     def export_metadata(self) -> dict[str, Any]:
         """The teacher's style image and loss (so ``nst_ff.compare`` scores the student under the same

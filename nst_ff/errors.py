@@ -3,9 +3,11 @@
 Entry points print these as one line and exit non-zero; anything else is a bug and keeps its traceback.
 """
 
+import importlib
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
+from types import ModuleType
 
 
 class UserError(Exception):
@@ -26,3 +28,11 @@ def exit_on_user_error() -> Iterator[None]:
             raise
         print(f"error: {cause}", file=sys.stderr)
         sys.exit(2)
+
+
+def require(module: str, extra: str, purpose: str) -> ModuleType:
+    """Import an optional dependency; a missing one is a one-line UserError naming the extra that installs it."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise UserError(f"{module} is not installed (needed for {purpose}); pip install 'nst-ff[{extra}]'") from None

@@ -14,13 +14,14 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from nst_ff.config import PROJECT_ROOT
 from nst_ff.errors import UserError
 from nst_ff.files import atomic_write
 from nst_ff.net import TransformerNet
+from nst_ff.paths import model_dirs, models_dir
 
 FORMAT = "nst_ff.model/1"
-SHIPPED = PROJECT_ROOT / "checkpoints"
+# The model files that can be named without a path (a .ckpt always needs its path).
+NAMED_SUFFIXES = (".safetensors", ".onnx")
 
 
 class ModelFileError(UserError, ValueError):
@@ -53,24 +54,47 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str
         raise ModelFileError(f"{path}: not a readable model file ({error}); re-export or re-download it") from None
     if header.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an nst-ff model (format {header.get('format')!r}, expected {FORMAT!r})")
-    return state, json.loads(header["net"]), json.loads(header["metadata"])
+    try:
+        return state, json.loads(header["net"]), json.loads(header["metadata"])
+    except (KeyError, TypeError, json.JSONDecodeError) as error:
+        raise ModelFileError(f"{path}: broken metadata ({error!r}); re-export or re-download the model") from None
+
+
+def shipped_models() -> list[Path]:
+    """Every model file that can be named without a path, where it lives: the shipped models (a checkout's
+    checkpoints/ or the installed package's copy), then the user's (``nst_ff.paths.models_dir()``); in each
+    folder its ``.safetensors`` files, then its ``.onnx`` files, by name. ``resolve_model`` takes the first of
+    a name."""
+    return [path for folder in model_dirs() for suffix in NAMED_SUFFIXES for path in sorted(folder.glob(f"*{suffix}"))]
 
 
 def resolve_model(name_or_path: str) -> Path:
-    """A shipped model's name (``checkpoints/<name>.safetensors``) or a path to a model file."""
+    """A path to a model file, else a name looked up in ``model_dirs()`` in order: ``name`` as
+    ``<name>.safetensors`` or ``<name>.onnx``, or ``name.onnx`` / ``name.safetensors`` as it is."""
     path = Path(name_or_path).expanduser()
     if path.is_file():
         return path
-    shipped = SHIPPED / f"{name_or_path}.safetensors"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(p.stem for p in sorted(SHIPPED.glob("*.safetensors"))) or "none shipped"
-    raise UserError(f"{name_or_path}: no such model file or shipped model (shipped: {names})")
+    names = [name_or_path] if path.suffix in NAMED_SUFFIXES else [name_or_path + s for s in NAMED_SUFFIXES]
+    for folder in model_dirs():
+        for name in names:
+            if (folder / name).is_file():
+                return folder / name
+    known = ", ".join(dict.fromkeys(p.stem for p in shipped_models())) or "none"
+    raise UserError(
+        f"{name_or_path}: no such model file or shipped model (known: {known}); give a model file's path, or put "
+        f"the file in {models_dir()} (set NST_FF_HOME to move that folder) to use it by name"
+    )
 
 
 def load_model(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
-    """Load an exported model (``.safetensors``) or a training checkpoint (``.ckpt``) for inference."""
+    """Load an exported model (``.safetensors``) or a training checkpoint (``.ckpt``) for inference; an ONNX
+    export (``.onnx``) gives an ``nst_ff.onnx.OnnxNet``, which runs like a TransformerNet but has no weights."""
     path = Path(path)
+    if path.suffix.lower() == ".onnx":
+        from nst_ff.onnx import OnnxNet  # onnxruntime is optional: imported only for .onnx files
+
+        net = OnnxNet(path)
+        return net, net.metadata  # type: ignore[return-value]
     state, config, metadata = _read(path)
     try:
         net = TransformerNet(**config)

@@ -1,10 +1,14 @@
-"""Atomic file writes: a reader (or a resumed run) sees the old file or the new one, never half of one."""
+"""Outputs that are never half there: atomic file writes, and run folders removed when a command fails before
+writing anything of its own."""
 
 from __future__ import annotations
 
+import hashlib
 import os
+import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
@@ -29,4 +33,21 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def file_sha256(path: str | Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+@contextmanager
+def removed_if_unused(folder: str | Path) -> Iterator[None]:
+    """If the block fails and ``folder`` holds nothing but Hydra's own files (``.hydra/``, ``*.log``), remove it:
+    a command stopped by a mistake leaves no empty run folder behind."""
+    try:
+        yield
+    except BaseException:
+        path = Path(folder)
+        if path.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in path.iterdir()):
+            shutil.rmtree(path, ignore_errors=True)
         raise

@@ -37,7 +37,8 @@ def find_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS
 
 @dataclass
 class Picture:
-    """``rgb``: (3, H, W) float in [0, 1], sRGB; ``alpha``: (1, H, W) in [0, 1] or None."""
+    """``rgb``: (3, H, W) float in [0, 1], sRGB; ``alpha``: (1, H, W) in [0, 1] or None. Read with
+    ``dtype=torch.uint8``, both hold the 8-bit values instead (0..255)."""
 
     rgb: torch.Tensor
     alpha: torch.Tensor | None = None
@@ -63,29 +64,30 @@ def _high_bit_depth(image: Image.Image) -> torch.Tensor:
     return grey.unsqueeze(0).expand(3, -1, -1).contiguous()
 
 
-def decode(image: Image.Image) -> Picture:
-    """A loaded PIL image in any mode -> ``Picture``."""
+def decode(image: Image.Image, dtype: torch.dtype = torch.float32) -> Picture:
+    """A loaded PIL image in any mode -> ``Picture`` of ``dtype`` (float, or uint8 for 8-bit values)."""
     image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I") or image.mode == "F":
-        return Picture(_high_bit_depth(image))
+        rgb = _high_bit_depth(image)
+        return Picture(to_uint8(rgb) if dtype == torch.uint8 else rgb.to(dtype))
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
     alpha = None
     if has_alpha:
         rgba = image.convert("RGBA")
-        alpha = to_tensor(rgba.getchannel("A"))
+        alpha = to_tensor(rgba.getchannel("A"), dtype)
         image = rgba.convert("RGB")
     elif image.mode not in ("RGB", "CMYK", "L"):
         image = image.convert("RGB")
-    return Picture(to_tensor(_to_srgb(image).convert("RGB")), alpha)
+    return Picture(to_tensor(_to_srgb(image).convert("RGB"), dtype), alpha)
 
 
-def read_picture(path: str | Path) -> Picture:
-    """Decode an image file fully; failures become one-line ``ImageError``s."""
+def read_picture(path: str | Path, dtype: torch.dtype = torch.float32) -> Picture:
+    """Decode an image file fully (``dtype`` as in ``decode``); failures become one-line ``ImageError``s."""
     path = Path(path)
     try:
         with Image.open(path) as image:
             image.load()
-            return decode(image)
+            return decode(image, dtype)
     except FileNotFoundError:
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
@@ -98,21 +100,36 @@ def read_picture(path: str | Path) -> Picture:
         raise ImageError(f"{path}: unreadable image ({error}); re-export or re-download it") from None
 
 
-def to_tensor(image: Image.Image) -> torch.Tensor:
-    """8-bit PIL image -> (C, H, W) float tensor in [0, 1]."""
+def to_tensor(image: Image.Image, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """8-bit PIL image -> (C, H, W) tensor: float in [0, 1], or uint8 as stored. Either way its memory
+    is the image's (H, W, C) order, which is channels_last."""
     array = np.asarray(image, dtype=np.uint8)
     tensor = torch.from_numpy(array.copy())
     tensor = tensor.unsqueeze(-1) if tensor.ndim == 2 else tensor
-    return tensor.permute(2, 0, 1).float().div_(255)
+    tensor = tensor.permute(2, 0, 1).contiguous()  # plain (C, H, W) tensors, not views of HWC arrays
+    return tensor if dtype == torch.uint8 else tensor.to(dtype).div_(255)
+
+
+def to_uint8(image: torch.Tensor) -> torch.Tensor:
+    """Image in [0, 1] -> 8-bit values, rounded (uint8 images pass through)."""
+    if image.dtype == torch.uint8:
+        return image
+    return image.detach().float().clamp(0, 1).mul(255).round().to(torch.uint8)
+
+
+def to_float(images: torch.Tensor) -> torch.Tensor:
+    """8-bit images -> float in [0, 1], on their device (float images pass through)."""
+    return images.float().div_(255) if images.dtype == torch.uint8 else images
 
 
 def to_pil(image: torch.Tensor, alpha: torch.Tensor | None = None) -> Image.Image:
-    """(3, H, W) or (1, 3, H, W) tensor in [0, 1] (and optional (1, H, W) alpha) -> PIL RGB or RGBA."""
+    """(3, H, W) or (1, 3, H, W) tensor in [0, 1] or uint8 (and optional (1, H, W) alpha) -> PIL RGB or RGBA."""
     if image.ndim == 4:
         image = image[0]
+    image = to_uint8(image)
     if alpha is not None:
-        image = torch.cat([image, alpha.to(image.device)])
-    array = image.detach().float().clamp(0, 1).mul(255).round().byte().permute(1, 2, 0).cpu().numpy()
+        image = torch.cat([image, to_uint8(alpha).to(image.device)])
+    array = image.permute(1, 2, 0).cpu().numpy()
     return Image.fromarray(array, "RGBA" if alpha is not None else "RGB")
 
 

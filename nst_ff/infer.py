@@ -2,15 +2,32 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 
 import torch
+from PIL import Image
 from tqdm import tqdm
 
+from nst_ff.device import resolve_device
 from nst_ff.errors import UserError
-from nst_ff.export import SHIPPED, load_model, resolve_model
-from nst_ff.images import IMAGE_EXTENSIONS, ImageError, find_images, read_picture, write_picture
+from nst_ff.execution import batch_pixels, compile_inference
+from nst_ff.export import load_model, resolve_model, shipped_models
+from nst_ff.images import (
+    IMAGE_EXTENSIONS,
+    ImageError,
+    Picture,
+    find_images,
+    read_picture,
+    to_float,
+    to_uint8,
+    write_picture,
+)
+from nst_ff.paths import models_dir
+from nst_ff.pipeline import Writer, batched, read_ahead
 from nst_ff.stylize import Stylizer
 
 # Speed classes by arithmetic per 1024x1024 image, which sets CPU time (measured on 2 AVX-512 cores:
@@ -35,9 +52,13 @@ def gflop_per_megapixel(net: torch.nn.Module, size: int = 64) -> float:
 
 
 def list_models() -> list[str]:
-    """One line per shipped model: training steps, file size, arithmetic per 1024x1024 and speed class."""
+    """One line per model that can be named (``shipped_models``): its speed class and arithmetic per
+    1024x1024, training steps, file size; then where to put more."""
     lines = []
-    for path in sorted(SHIPPED.glob("*.safetensors")):
+    for path in shipped_models():
+        if path.suffix == ".onnx":  # its metadata needs onnxruntime to read: listing works without it
+            lines.append(f"{path.stem:20s} ONNX export  {path.stat().st_size / 2**20:4.1f} MB  {path}")
+            continue
         net, meta = load_model(path)
         gflop = gflop_per_megapixel(net)
         speed = "fast" if gflop <= FAST_GFLOP else "full"
@@ -45,11 +66,39 @@ def list_models() -> list[str]:
             f"{path.stem:20s} {speed:4s} {gflop:4.0f} GFLOP at 1024x1024  {meta.get('steps', '?'):>5} steps  "
             f"{path.stat().st_size / 2**20:4.1f} MB  {path}"
         )
+    lines.append(f"(to name your own models, put .safetensors or .onnx files in {models_dir()}; NST_FF_HOME moves it)")
     return lines
 
 
+# Written into every output folder of a folder run, so that a later run over a folder that contains it (e.g.
+# output=photos/styled, then input=photos) does not stylise the stylised images again.
+OUTPUT_MARKER = ".nst-ff-output"
+
+
+def _is_output(path: Path, root: Path) -> bool:
+    """Whether ``path`` lies in an output folder (a marked one under ``root``)."""
+    return any((folder / OUTPUT_MARKER).is_file() for folder in path.parents if folder.is_relative_to(root))
+
+
+def folder_target(folder: Path, output: Path | None, model_name: str) -> Path:
+    """The output folder of a folder run: ``output``, or ``<folder>_<model>`` beside it (``.`` works too)."""
+    folder = folder.resolve()
+    return output or folder.with_name(f"{folder.name}_{model_name}")
+
+
+def mark_output_folder(folder: Path) -> None:
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / OUTPUT_MARKER).touch()
+    except OSError as error:
+        raise UserError(
+            f"{folder}: cannot create the output folder ({error.strerror}); choose another output"
+        ) from None
+
+
 def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple[Path, Path]]:
-    """(input, output) file pairs. A folder keeps its relative tree under the output folder."""
+    """(input, output) file pairs. A folder keeps its relative tree under the output folder; earlier output
+    folders inside it, and this run's own output folder, are not inputs."""
     single_file = len(inputs) == 1 and inputs[0].is_file()
     if single_file and (output is None or output.suffix.lower() in IMAGE_EXTENSIONS):
         source = inputs[0]
@@ -59,8 +108,12 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     pairs = []
     for source in inputs:
         if source.is_dir():
-            target = output or source.with_name(f"{source.name}_{model_name}")
-            pairs += [(f, target / f.relative_to(source)) for f in find_images(source)]
+            target = folder_target(source, output, model_name)
+            pairs += [
+                (f, target / f.relative_to(source))
+                for f in find_images(source)
+                if not f.resolve().is_relative_to(target.resolve()) and not _is_output(f, source)
+            ]
         else:
             target = output or source.parent
             pairs.append((source, target / f"{source.stem}_{model_name}{source.suffix}"))
@@ -70,12 +123,10 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
 def run(cfg: dict) -> int:
     """Returns the exit status: 0 when every input was written or kept, 1 when some failed."""
     if cfg.get("list"):
-        print("\n".join(list_models()) or f"no models in {SHIPPED}")
+        print("\n".join(list_models()))
         return 0
     model_path = resolve_model(str(cfg["model"]))
     net, _ = load_model(model_path)
-    if not 0 <= float(cfg["strength"]) <= 1:
-        raise UserError(f"strength={cfg['strength']}: must be between 0 and 1")
     raw_inputs = cfg["input"] if isinstance(cfg["input"], list) else [cfg["input"]]
     inputs = [Path(str(p)).expanduser() for p in raw_inputs]
     for source in inputs:
@@ -85,38 +136,116 @@ def run(cfg: dict) -> int:
     pairs = plan(inputs, output, model_path.stem)
     if not pairs:
         raise UserError(f"{', '.join(map(str, inputs))}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+    for source in inputs:
+        if source.is_dir():
+            mark_output_folder(folder_target(source, output, model_path.stem))
     input_files = {source.resolve() for source, _ in pairs}
+    failures, todo = [], []
+    for source, target in pairs:
+        if target.resolve() in input_files:
+            failures.append(f"{target}: is an input; choose another output so inputs are never overwritten")
+        elif target.exists() and not cfg["overwrite"]:
+            print(f"kept {target} (exists; overwrite=true replaces it)")
+        else:
+            todo.append((source, target))
+    device = resolve_device(cfg["device"])
     stylizer = Stylizer(
         net,
-        device=cfg["device"],
+        device=str(device),
         precision=cfg["precision"],
-        compile=cfg["compile"],
+        compile=compile_inference(cfg["compile"], device, megapixels([source for source, _ in todo])),
         tile_above=cfg["tile_above"],
         tile_size=cfg["tile_size"],
         tile_overlap=cfg["tile_overlap"],
     )
-    failures = []
-    progress = tqdm(pairs, unit="image", disable=len(pairs) < 2, file=sys.stderr)
-    for source, target in progress:
-        if target.resolve() in input_files:
-            failures.append(f"{target}: is an input; choose another output so inputs are never overwritten")
-            continue
-        if target.exists() and not cfg["overwrite"]:
-            progress.write(f"kept {target} (exists; overwrite=true replaces it)")
-            continue
-        try:
-            picture = stylizer.stylize_picture(
-                read_picture(source),
-                strength=cfg["strength"],
-                preserve_color=cfg["preserve_color"],
-                max_size=cfg["max_size"],
-            )
-            write_picture(target, picture.rgb, picture.alpha)
-            progress.write(f"wrote {target}")
-        except ImageError as error:
-            failures.append(str(error))
+    options = {key: cfg[key] for key in ("strength", "preserve_color", "max_size")}
+    start = time.perf_counter()
+    written = stylize_files(stylizer, todo, options, failures)
+    if written > 1:
+        seconds = time.perf_counter() - start
+        print(f"{written} image(s) in {seconds:.1f} s ({written / seconds:.1f} images/s)", file=sys.stderr)
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     if failures:
         print(f"{len(failures)} of {len(pairs)} image(s) failed", file=sys.stderr)
     return 1 if failures else 0
+
+
+def megapixels(files: list[Path]) -> float:
+    """The pixels of ``files`` in millions, from their headers (unreadable files count nothing)."""
+
+    def pixels(path: Path) -> int:
+        try:
+            with Image.open(path) as image:
+                return image.width * image.height
+        except Exception:  # any failure: the file is reported when it is read for real
+            return 0
+
+    with ThreadPoolExecutor(8) as pool:
+        return sum(pool.map(pixels, files)) / 1e6
+
+
+def stylize_files(stylizer: Stylizer, pairs: list[tuple[Path, Path]], options: dict, failures: list[str]) -> int:
+    """Stylise ``pairs`` of (input, output) files; returns how many were written, adds failures.
+
+    Files are decoded to uint8 on reader threads (into pinned memory for CUDA), photos of one size
+    are stylised together in batches (``batch_pixels``), results go back as uint8 and are encoded on
+    writer threads, all while the network works on the next batch."""
+    device = stylizer.device
+    cuda = device.type == "cuda"
+    threads = min(8, os.cpu_count() or 1) if cuda else 2
+    budget = batch_pixels(device)
+    progress = tqdm(total=len(pairs), unit="image", disable=len(pairs) < 2, file=sys.stderr)
+
+    def read(pair: tuple[Path, Path]) -> Picture:
+        picture = read_picture(pair[0], torch.uint8)
+        hwc = picture.rgb.permute(1, 2, 0)  # the decoder's own memory order: no copy
+        return Picture(hwc.pin_memory() if cuda else hwc, picture.alpha)
+
+    def write(target: Path, hwc: torch.Tensor, alpha: torch.Tensor | None, ready: torch.cuda.Event | None) -> None:
+        if ready is not None:
+            ready.synchronize()
+        write_picture(target, hwc.permute(2, 0, 1), alpha)
+        progress.write(f"wrote {target}")
+
+    def done(target: Path, future: Future) -> None:
+        progress.update()
+        if isinstance(future.exception(), ImageError):
+            failures.append(str(future.exception()))
+
+    read_ok = (pair for pair in read_ahead(pairs, read, threads, 4 * threads) if not _failed(pair, failures, progress))
+    futures = []
+    with Writer(threads, 4 * threads) as writer:
+        for batch in batched(
+            read_ok,
+            key=lambda p: p[1].rgb.shape,
+            size=lambda p: max(1, budget // (p[1].rgb.shape[0] * p[1].rgb.shape[1])),
+        ):
+            images = torch.stack([picture.rgb.to(device, non_blocking=True) for _, picture in batch])
+            out = stylizer.stylize_batch(to_float(images.permute(0, 3, 1, 2)), **options)
+            out = to_uint8(out).permute(0, 2, 3, 1)
+            host = torch.empty(out.shape, dtype=torch.uint8, pin_memory=cuda).copy_(out, non_blocking=cuda)
+            ready = torch.cuda.Event() if cuda else None
+            if ready is not None:
+                ready.record()
+            for ((_, target), picture), hwc in zip(batch, host, strict=True):
+                future = writer.submit(write, target, hwc, picture.alpha, ready)
+                future.add_done_callback(lambda f, target=target: done(target, f))
+                futures.append(future)
+    progress.close()
+    for future in futures:
+        if future.exception() is not None and not isinstance(future.exception(), ImageError):
+            raise future.exception()
+    return sum(future.exception() is None for future in futures)
+
+
+def _failed(pair: tuple[tuple[Path, Path], Picture | Exception], failures: list[str], progress: tqdm) -> bool:
+    """Record a failed read (one line per file); other exceptions are bugs and propagate."""
+    _, result = pair
+    if isinstance(result, ImageError):
+        failures.append(str(result))
+        progress.update()
+        return True
+    if isinstance(result, Exception):
+        raise result
+    return False

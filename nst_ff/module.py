@@ -2,26 +2,31 @@
 
 from __future__ import annotations
 
-import hashlib
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
 import torch
+from torch import nn
 from torchvision.utils import make_grid
 
 from nst_ff.errors import UserError
+from nst_ff.execution import (
+    compile_training,
+    compiled,
+    fused_optimizer,
+    training_compile_mode,
+    training_execution,
+)
 from nst_ff.export import load_model, resolve_model
-from nst_ff.images import load_image
+from nst_ff.files import file_sha256
 from nst_ff.net import TransformerNet
 from nst_ff.perceptual import LossTerms, PerceptualLoss
+from nst_ff.schema import SCHEDULERS
 
-SCHEDULERS = ("none", "cosine", "step")
-
-
-def file_sha256(path: str | Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+log = logging.getLogger(__name__)
 
 
 def load_initial_weights(name_or_path: str, config: dict[str, Any]) -> dict[str, torch.Tensor]:
@@ -40,7 +45,13 @@ class StyleTransferModule(pl.LightningModule):
     """``net`` kwargs build the TransformerNet; ``loss`` is a ``conf/loss`` preset; ``style`` holds the
     style's ``name`` and ``image`` path; ``init_from`` a trained model whose weights start the network
     (not a resume: optimizer, step and data order start afresh). The VGG is built in ``setup`` and
-    never saved in checkpoints."""
+    never saved in checkpoints.
+
+    How the step runs on the trainer's device is ``nst_ff.execution``'s choice: ``channels_last``
+    None picks the device's fastest layout; ``compile`` (true, false or auto: where it pays off within
+    ``trainer.max_steps``) compiles the training step with ``compile_mode`` (auto: CUDA graphs on CUDA,
+    where every step has the same crop size). Validation stays eager (other sizes, no gradients).
+    """
 
     def __init__(
         self,
@@ -49,8 +60,10 @@ class StyleTransferModule(pl.LightningModule):
         style: dict[str, Any],
         lr: float = 1e-3,
         scheduler: str = "none",
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         init_from: str | None = None,
+        compile: bool | str = "auto",
+        compile_mode: str = "auto",
     ) -> None:
         super().__init__()
         if scheduler not in SCHEDULERS:
@@ -60,59 +73,100 @@ class StyleTransferModule(pl.LightningModule):
         if init_from:
             self.net.load_state_dict(load_initial_weights(init_from, self.net.config))
         self.perceptual: PerceptualLoss | None = None
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self._last_step_time: float | None = None
+        self._set_up = False  # setup() chose the execution for the trainer's device
+        self.execution = training_execution(torch.device("cpu"), channels_last)
+        self.compile_mode: str | None = None  # set in setup when the step is compiled
+        self._train_loss = self.training_loss
+        self._throughput: tuple[float, int] | None = None  # (start time, images since) on the host clock
         self._val_outputs: list[torch.Tensor] = []
         self._logged_references = False  # content photos and style image: logged once per run
 
+    def build_loss(self) -> PerceptualLoss:
+        """The style's loss (VGG weights, the painting's Gram targets), built once, on the CPU: what can fail on
+        the user's files fails here, which ``nst_ff.training`` calls before writing anything."""
+        if self.perceptual is None:
+            self.perceptual = PerceptualLoss.for_style(self.hparams.style["image"], **self.hparams.loss)
+            self.style_sha256 = file_sha256(self.hparams.style["image"])
+        return self.perceptual
+
+    def frozen_modules(self) -> list[nn.Module]:
+        """The frozen networks beside ``net`` (built by ``build_loss``), laid out like it by ``setup``."""
+        return [self.build_loss()]
+
     def setup(self, stage: str) -> None:
-        if self.perceptual is not None:
+        if self._set_up:
             return
-        loss = self.hparams.loss
-        style_image = load_image(self.hparams.style["image"], loss.get("style_size"))
-        self.perceptual = PerceptualLoss.from_config(**loss)
-        self.perceptual.set_style(style_image)
-        self.perceptual.to(device=self.device, memory_format=self.memory_format)
-        self.net.to(memory_format=self.memory_format)
-        self.style_image = style_image
-        self.style_sha256 = file_sha256(self.hparams.style["image"])
+        self._set_up = True
+        device = self.trainer.strategy.root_device if self._trainer is not None else self.device
+        self.execution = training_execution(device, self.hparams.channels_last)
+        for module in self.frozen_modules():
+            module.to(memory_format=self.execution.memory_format)
+        self.execution.prepare(self.net)
+        steps = self.trainer.max_steps if self._trainer is not None else 0
+        if compile_training(self.hparams.compile, device, steps):
+            self.compile_mode = training_compile_mode(device, self.hparams.compile_mode)
+            self._train_loss = compiled(self.training_loss, mode=self.compile_mode, dynamic=False)
+        if self._trainer is not None and self.trainer.is_global_zero:
+            log.info("%s", self.describe_run(str(self.trainer.precision)))
+
+    def describe_run(self, precision: str) -> str:
+        """The one line saying what the training runs on."""
+        compiled_how = f"compiled ({self.compile_mode})" if self.compile_mode else "not compiled"
+        return f"training on {self.execution.describe()}, precision {precision}, {compiled_how}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.net(images.contiguous(memory_format=self.memory_format))
+        return self.net(images.contiguous(memory_format=self.execution.memory_format))
 
     def compute_losses(self, images: torch.Tensor) -> tuple[torch.Tensor, LossTerms]:
         assert self.perceptual is not None, "setup() builds the loss"
-        images = images.contiguous(memory_format=self.memory_format)
+        images = images.contiguous(memory_format=self.execution.memory_format)
         output = self.net(images)
         return output, self.perceptual(output, self.perceptual.content_targets(images))
 
-    def _log_terms(self, prefix: str, terms: LossTerms, **kwargs: Any) -> None:
+    @staticmethod
+    def logged_terms(terms: LossTerms) -> dict[str, torch.Tensor]:
         values = {"loss": terms.total, "content": terms.content, "style": terms.style, "tv": terms.tv}
         values.update({f"style/{name}": value for name, value in terms.style_layers.items()})
-        self.log_dict({f"{prefix}/{key}": value for key, value in values.items()}, **kwargs)
+        return values
 
-    def _log_images_per_sec(self, batch_size: int) -> None:
-        now = time.perf_counter()
-        if self._last_step_time is not None:
-            images_per_sec = batch_size * self.trainer.world_size / (now - self._last_step_time)
-            self.log("train/images_per_sec", images_per_sec, prog_bar=True)
-        self._last_step_time = now
+    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """A training step's loss and the values logged under ``train/`` (compiled as one graph where
+        ``compile`` says so)."""
+        _, terms = self.compute_losses(images)
+        return terms.total, self.logged_terms(terms)
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
-        self._log_images_per_sec(batch.shape[0])
-        _, terms = self.compute_losses(batch)
-        self._log_terms("train", terms, prog_bar=False)
-        self.log("loss", terms.total, prog_bar=True, logger=False)
-        return terms.total
+        if self.compile_mode == "reduce-overhead":
+            torch.compiler.cudagraph_mark_step_begin()  # a new step: last step's graph outputs are done with
+        total, logged = self._train_loss(batch)
+        # Tensors on the device: Lightning reads them only every trainer.log_every_n_steps, so no step
+        # waits for the GPU to catch up just to log.
+        self.log_dict({f"train/{key}": value for key, value in logged.items()})
+        self._log_throughput(batch.shape[0], total)
+        return total
+
+    def _log_throughput(self, batch_size: int, loss: torch.Tensor) -> None:
+        """images/s over the steps since the last logged one, from the host clock. Logged only on the
+        steps Lightning writes logs, as CPU tensors: a progress-bar value on the GPU would be read back,
+        a host sync, at every step."""
+        now = time.perf_counter()
+        if self._throughput is None:
+            self._throughput = (now, 0)
+        start, images = self._throughput
+        if images and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self.log("train/images_per_sec", torch.tensor(images / (now - start)), prog_bar=True)
+            self.log("loss", loss.detach().cpu(), prog_bar=True, logger=False)
+            start, images = now, 0
+        self._throughput = (start, images + batch_size * self.trainer.world_size)
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         output, terms = self.compute_losses(batch)
-        self._log_terms("val", terms, sync_dist=True)
+        self.log_dict({f"val/{key}": value for key, value in self.logged_terms(terms).items()}, sync_dist=True)
         self._val_outputs.append(output.float().cpu())
 
     def on_validation_epoch_end(self) -> None:
         outputs, self._val_outputs = self._val_outputs, []
-        self._last_step_time = None  # validation time is not training throughput
+        self._throughput = None  # validation time is not training throughput
         experiment = getattr(self.logger, "experiment", None)
         if not outputs or not self.trainer.is_global_zero or not hasattr(experiment, "add_image"):
             return
@@ -121,11 +175,17 @@ class StyleTransferModule(pl.LightningModule):
         if not self._logged_references:
             content = self.trainer.datamodule.val_images
             experiment.add_image("val/content", make_grid(content, nrow=len(content)), self.global_step)
-            experiment.add_image("val/style", self.style_image[0], self.global_step)
+            experiment.add_image("val/style", self.reference_image(), self.global_step)
             self._logged_references = True
 
+    def reference_image(self) -> torch.Tensor:
+        """What the validation grids are compared with in TensorBoard (val/style): the painting."""
+        return self.perceptual.style_image[0]
+
     def configure_optimizers(self) -> Any:
-        optimizer = torch.optim.Adam(self.net.parameters(), lr=self.hparams.lr)
+        optimizer = torch.optim.Adam(
+            self.net.parameters(), lr=self.hparams.lr, fused=fused_optimizer(self.execution.device)
+        )
         steps = max(int(self.trainer.max_steps), 1)
         if self.hparams.scheduler == "cosine":
             scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)

@@ -28,20 +28,25 @@ class InstanceNorm(nn.InstanceNorm2d):
     (fp32) to 6.7x (bf16) as long as batch_norm's fused kernel (CPU, 16x1024x1024, channels_last).
 
     ``shared_stats`` (set by ``nst_ff.tiling``) replaces the per-image statistics, so that tiles of
-    one image are all normalised like the whole image.
+    one image are all normalised like the whole image. ``fused`` (set by ``nst_ff.execution``) runs
+    torch's own kernel instead: on CUDA in NCHW it is one fused kernel where the scale-and-shift form
+    launches about eleven small ones.
     """
 
     shared_stats: tuple[torch.Tensor, torch.Tensor] | None = None
+    fused: bool = False
 
     def statistics(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """(variance, mean) per image and channel, in float32 even under bf16/fp16 autocast."""
         return torch.var_mean(x.float(), dim=(-2, -1), keepdim=True, correction=0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.fused and self.shared_stats is None:
+            return F.instance_norm(x, weight=self.weight, bias=self.bias, eps=self.eps)
         if self.shared_stats is None and not torch.compiler.is_compiling():
             out = [F.batch_norm(image, None, None, self.weight, self.bias, True, 0.0, self.eps) for image in x.split(1)]
             return out[0] if len(out) == 1 else torch.cat(out)
-        # Traced (torch.compile, torch.export): one graph for any batch size, which the compiler fuses.
+        # Traced (torch.compile, torch.export) or tiled: one graph for any batch size, which the compiler fuses.
         var, mean = self.shared_stats or self.statistics(x)
         scale = torch.rsqrt(var + self.eps) * self.weight.view(1, -1, 1, 1)
         shift = self.bias.view(1, -1, 1, 1) - mean * scale
@@ -163,11 +168,13 @@ class TransformerNet(nn.Module):
         height, width = image.shape[-2:]
         if height == 0 or width == 0:
             raise ValueError(f"cannot stylise an empty image ({height}x{width})")
-        pad_h = max(_MIN_SIZE, -(-height // _MULTIPLE) * _MULTIPLE) - height
-        pad_w = max(_MIN_SIZE, -(-width // _MULTIPLE) * _MULTIPLE) - width
-        if pad_h or pad_w:
-            # Replicate, not reflect: reflection cannot pad a 1-pixel image.
-            image = F.pad(image, (0, pad_w, 0, pad_h), mode="replicate")
+        # Written so that torch.export (the ONNX exporter) keeps height and width symbolic: no branch on the
+        # sizes, torch.sym_max instead of max, and the crop back as a negative pad, whose output size the
+        # exporter can prove for every input size (a slice makes it guard on the one size it traced).
+        padded_h = _MULTIPLE * torch.sym_max(_MIN_SIZE // _MULTIPLE, (height + _MULTIPLE - 1) // _MULTIPLE)
+        padded_w = _MULTIPLE * torch.sym_max(_MIN_SIZE // _MULTIPLE, (width + _MULTIPLE - 1) // _MULTIPLE)
+        # Replicate, not reflect: reflection cannot pad a 1-pixel image.
+        image = F.pad(image, (0, padded_w - width, 0, padded_h - height), mode="replicate")
         # A sigmoid keeps the output a valid image without clamping away the gradient.
         out = torch.sigmoid(self.body(image))
-        return out[..., :height, :width]
+        return F.pad(out, (0, width - padded_w, 0, height - padded_h))

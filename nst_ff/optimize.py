@@ -16,11 +16,9 @@ from tqdm import tqdm
 from nst_ff.color import preserve_colors
 from nst_ff.device import resolve_device
 from nst_ff.errors import UserError
-from nst_ff.images import load_image, long_side_size, read_picture, resize, write_picture
+from nst_ff.images import long_side_size, read_picture, resize, write_picture
 from nst_ff.perceptual import LossTerms, PerceptualLoss
-
-INITS = ("content", "noise", "style")
-OPTIMIZERS = ("lbfgs", "adam")
+from nst_ff.schema import INITS, OPTIMIZERS
 
 Callback = Callable[[int, LossTerms, torch.Tensor], None]
 
@@ -55,7 +53,8 @@ def optimize_pixels(
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
     targets = loss.content_targets(content)
-    pixels = image.detach().clone().requires_grad_(True)
+    # Contiguous pixels get contiguous gradients, which L-BFGS flattens with .view().
+    pixels = image.detach().clone(memory_format=torch.contiguous_format).requires_grad_(True)
     if optimizer == "lbfgs":
         # No line search, as in Gatys et al.: measured at 256 px, the strong-Wolfe search stalled after
         # ~30 steps (the clamp moves the pixels it placed) while plain steps kept going. Tolerances off:
@@ -138,16 +137,11 @@ def run(cfg: dict[str, Any]) -> Path:
         raise UserError(f"{output}: is the content image; choose another output so inputs are never overwritten")
     if output.exists() and not cfg["overwrite"]:
         raise UserError(f"{output}: exists; pass overwrite=true to replace it")
-    if cfg["init"] not in INITS or cfg["optimizer"] not in OPTIMIZERS:
-        raise UserError(
-            f"init={cfg['init']} optimizer={cfg['optimizer']}: init is one of {INITS}, optimizer one of {OPTIMIZERS}"
-        )
     device = resolve_device(cfg["device"])
     content = read_picture(content_path).rgb[None].to(device)
     loss_cfg = cfg["loss"]
-    style = load_image(cfg["style"]["image"], loss_cfg.get("style_size")).to(device)
-    loss = PerceptualLoss.from_config(**loss_cfg).to(device)
-    loss.set_style(style)
+    loss = PerceptualLoss.for_style(cfg["style"]["image"], **loss_cfg).to(device)
+    style = loss.style_image.to(device)
     sizes = [int(s) for s in cfg["sizes"]]
     total = int(cfg["steps"]) * len(sizes)
     writer = SummaryWriter(str(Path(cfg["output_dir"]) / "tensorboard"))

@@ -8,11 +8,14 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from nst_ff.images import load_image
 from nst_ff.weights import VGG_BLOCKS, load_vgg_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -169,10 +172,19 @@ class PerceptualLoss(nn.Module):
         )
         return cls(encoder, content_layers, style_layers, content_weight, style_weight, tv_weight)
 
+    @classmethod
+    def for_style(cls, style_image: str | Path, **preset: Any) -> PerceptualLoss:
+        """The loss of a ``conf/loss`` preset with the Gram targets of the painting in the file ``style_image``,
+        read with its long side at the preset's ``style_size``. The one place a style's loss is built."""
+        loss = cls.from_config(**preset)
+        loss.set_style(load_image(style_image, preset.get("style_size")))
+        return loss
+
     @torch.no_grad()
     def set_style(self, style_image: torch.Tensor) -> None:
-        """Compute the Gram targets of a (1, 3, H, W) style image in [0, 1]."""
-        features = self.encoder(style_image, self.style_layers)
+        """Compute the Gram targets of a (1, 3, H, W) style image in [0, 1] (kept as ``style_image``)."""
+        self.style_image = style_image
+        features = self.encoder(style_image.to(self.get_buffer("encoder.mean").device), self.style_layers)
         for name in self.style_layers:
             # Buffers follow the module across devices; not persistent: they derive from the style image.
             self.register_buffer(f"gram_{name}", gram_matrix(features[name]), persistent=False)

@@ -5,7 +5,8 @@ Imports neither Lightning nor the VGG code, so it starts quickly and needs no lo
 
 from __future__ import annotations
 
-from contextlib import nullcontext
+import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +14,8 @@ import torch
 from PIL import Image
 
 from nst_ff.color import preserve_colors
-from nst_ff.device import keep_freed_memory, resolve_device, resolve_dtype
+from nst_ff.device import keep_freed_memory, resolve_device
+from nst_ff.execution import compiled, inference_execution
 from nst_ff.export import load_model
 from nst_ff.images import Picture, decode, long_side_size, resize, to_pil
 from nst_ff.net import TransformerNet
@@ -24,11 +26,14 @@ class Stylizer:
     """Stylise images with a trained TransformerNet.
 
     ``stylizer(images)`` maps (N, 3, H, W) float images in [0, 1] to stylised images of the same size
-    (on the input's device); ``stylizer.stylize(image, ...)`` does the same for a PIL image or tensors with the
-    user-facing options. The defaults are the fast path: inference mode, channels_last, the fastest
-    precision that keeps outputs close to fp32 (``resolve_dtype``), cudnn autotuning on CUDA.
-    ``compile=True`` adds torch.compile with dynamic shapes (one compilation serves every size);
-    ``fast_allocator`` keeps freed memory for reuse on CPU (``nst_ff.device.keep_freed_memory``).
+    (on the input's device: pass tensors on the GPU to keep the work there); ``stylizer.stylize(image,
+    ...)`` does the same for a PIL image or tensors with the user-facing options. How the network runs
+    is chosen for the device by ``nst_ff.execution.inference_execution``: weights converted once to the
+    fastest precision that keeps outputs close to fp32 (``resolve_dtype``), the device's fastest memory
+    layout (``channels_last=None``; True or False forces one), inference mode, cudnn autotuning on CUDA.
+    The Stylizer works on its own copy of ``net``. ``compile=True`` adds torch.compile with dynamic
+    shapes (one compilation serves every size; ``nst_ff.execution.compile_inference`` says when it pays
+    off); ``fast_allocator`` keeps freed memory for reuse on CPU (``nst_ff.device.keep_freed_memory``).
     Images of more than ``tile_above`` pixels are stylised in tiles (``nst_ff.tiling``).
     """
 
@@ -37,7 +42,7 @@ class Stylizer:
         net: TransformerNet,
         device: str = "auto",
         precision: str = "auto",
-        channels_last: bool = True,
+        channels_last: bool | None = None,
         compile: bool = False,
         fast_allocator: bool = True,
         tile_above: int = 4096 * 4096,
@@ -45,15 +50,18 @@ class Stylizer:
         tile_overlap: int = 64,
     ) -> None:
         self.device = resolve_device(device)
-        self.dtype = resolve_dtype(self.device, precision)
-        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
-        self.net = net.eval().to(self.device, memory_format=self.memory_format)
+        self.execution = inference_execution(self.device, precision, channels_last)
+        self.dtype = self.execution.dtype
+        self.net = self.execution.prepare(copy.deepcopy(net).eval())
         if self.device.type == "cuda":
             torch.backends.cudnn.benchmark = True
         elif self.device.type == "cpu" and fast_allocator:
             keep_freed_memory()
-        self.forward = torch.compile(self.net, dynamic=True) if compile else self.net
-        self.tile_above, self.tile_size, self.tile_overlap = tile_above, tile_size, tile_overlap
+        self.forward = compiled(self.net, dynamic=True) if compile else self.net
+        # Tiles share statistics through TransformerNet's InstanceNorm modules; a net without them (an ONNX
+        # export run by onnxruntime) stylises whole images.
+        self.tile_above = tile_above if isinstance(net, TransformerNet) else math.inf
+        self.tile_size, self.tile_overlap = tile_size, tile_overlap
 
     @classmethod
     def from_file(cls, path: str | Path, **options: Any) -> Stylizer:
@@ -61,13 +69,11 @@ class Stylizer:
         return cls(net, **options)
 
     def _run(self, images: torch.Tensor) -> torch.Tensor:
-        x = images.to(self.device, non_blocking=True).contiguous(memory_format=self.memory_format)
-        return self.forward(x)
+        return self.forward(self.execution.inputs(images))
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float images in [0, 1] -> stylised float32 images, same size, on the input's device."""
-        autocast = torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else nullcontext()
-        with torch.inference_mode(), autocast:
+        with torch.inference_mode():
             if images.shape[-2] * images.shape[-1] <= self.tile_above:
                 out = self._run(images)
             else:
@@ -77,7 +83,7 @@ class Stylizer:
                         for image in images
                     ]
                 )
-        return out.float().to(images.device)
+        return out.to(images.device, torch.float32)
 
     def stylize_batch(
         self, images: torch.Tensor, strength: float = 1.0, preserve_color: bool = False, max_size: int | None = None

@@ -2,19 +2,31 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
-from nst_ff.config import PROJECT_ROOT, register_resolvers
+from nst_ff.config import register_resolvers
 from nst_ff.images import load_image
+from nst_ff.paths import PROJECT_ROOT
 from nst_ff.perceptual import PerceptualLoss
 
 SAMPLES = PROJECT_ROOT / "assets" / "samples"
 STYLE = PROJECT_ROOT / "assets" / "styles" / "starry_night.jpg"
 
 register_resolvers()
+
+
+@pytest.fixture(scope="session", autouse=True)
+def models_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """NST_FF_HOME for the whole run, commands started by the tests included: an empty folder of the run's own,
+    so that models in the user's ~/.cache/nst-ff never change what a name resolves to or what list=true shows."""
+    with pytest.MonkeyPatch.context() as patch:
+        home = tmp_path_factory.mktemp("nst_ff_home")
+        patch.setenv("NST_FF_HOME", str(home))
+        yield home
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from PIL import Image
 
-from nst_ff.config import PROJECT_ROOT
+from nst_ff.paths import PROJECT_ROOT
 from tests.conftest import SAMPLES
 
 
@@ -36,7 +36,9 @@ def test_report_times_and_scores_both_methods(tmp_path: Path) -> None:
 
 
 def test_feed_forward_only_quality_table(tmp_path: Path) -> None:
-    result = run_compare(tmp_path, "--model", "starry_night", "--size", "48", "--steps", "0", "--limit", "1")
+    result = run_compare(
+        tmp_path, "--model", "starry_night", "--size", "48", "--steps", "0", "--limit", "1", "--device", "cpu"
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     report = json.loads((tmp_path / "report.json").read_text())["models"][0]
     assert "optimization" not in report["rows"][0] and "optimization" not in report["median"]
@@ -48,3 +50,12 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
         result = run_compare(tmp_path / "out", *args, "--steps", "0")
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_help_shows_the_defaults_and_a_wrong_device_is_one_line(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, "-m", "nst_ff.compare", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    for default in ("(default: 512)", "(default: 200)", "(default: auto)", "(default: lbfgs)"):
+        assert default in " ".join(result.stdout.split()), default
+    wrong = run_compare(tmp_path, "--model", "starry_night", "--steps", "0", "--device", "gpu")
+    assert wrong.returncode == 2 and wrong.stderr.startswith("error: device=gpu: unknown device")

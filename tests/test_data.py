@@ -62,7 +62,7 @@ def test_no_usable_image_fails_at_start(tmp_path: Path) -> None:
 def test_crops_are_sized_in_range_and_fixed_by_the_seed(sample_photos: list[Path]) -> None:
     dataset = PhotoDataset(sample_photos, image_size=48)
     a, b, c = dataset[(1, 7)], dataset[(1, 7)], dataset[(1, 8)]
-    assert a.shape == (3, 48, 48) and a.min() >= 0 and a.max() <= 1
+    assert a.shape == (3, 48, 48) and a.dtype == torch.uint8  # 8-bit crops; floats on the training device
     assert torch.equal(a, b) and not torch.equal(a, c)
 
 
@@ -72,15 +72,11 @@ def test_crop_size_crops_the_resized_photo(sample_photos: list[Path]) -> None:
     whole = PhotoDataset(sample_photos[:1], image_size=64, flip=False)[(0, 0)]
     part = PhotoDataset(sample_photos[:1], image_size=64, flip=False, crop_size=24)[(0, 0)]
     assert part.shape == (3, 24, 24)
-    resized = torch.nn.functional.interpolate(whole[None], size=(24, 24), mode="area")[0]
-    assert (part - resized).abs().mean() > 0.02  # not the 64 px crop shrunk to 24
-    windows = torch.nn.functional.unfold(
-        torchvision.transforms.v2.functional.resize(read_picture(sample_photos[0]).rgb, 64, antialias=True).clamp(0, 1)[
-            None
-        ],
-        24,
-    )
-    assert (windows - part.reshape(-1, 1)).abs().amax(0).min() < 1e-5  # an exact window of the resized photo
+    resized = torch.nn.functional.interpolate(whole[None].float(), size=(24, 24), mode="area")[0]
+    assert (part - resized).abs().mean() > 5  # not the 64 px crop shrunk to 24 (8-bit values)
+    photo = torchvision.transforms.v2.functional.resize(read_picture(sample_photos[0], torch.uint8).rgb, 64)
+    windows = torch.nn.functional.unfold(photo[None].float(), 24)
+    assert (windows - part.reshape(-1, 1)).abs().amax(0).min() == 0  # an exact window of the resized photo
 
 
 def test_sampler_resumes_where_the_global_step_points() -> None:
@@ -94,6 +90,15 @@ def test_sampler_resumes_where_the_global_step_points() -> None:
     second_epoch = list(sampler)
     assert [i for i, _ in second_epoch] != [i for i, _ in first_epoch]
     assert not {s for _, s in second_epoch} & {s for _, s in first_epoch}
+
+
+@pytest.mark.parametrize("seed", [0, 4_000_000_000, 2**32 - 1])
+def test_every_allowed_seed_gives_usable_distinct_sample_seeds(sample_photos: list[Path], seed: int) -> None:
+    sampler = ResumableSampler(size=4, batch_size=2, seed=seed, global_step=lambda: 10**6)
+    keys = list(sampler)
+    assert len({s for _, s in keys}) == len(keys) and all(0 <= s < 2**63 for _, s in keys)
+    dataset = PhotoDataset(sample_photos, image_size=32)
+    assert dataset[keys[0]].shape == (3, 32, 32) and torch.equal(dataset[keys[0]], dataset[keys[0]])
 
 
 def test_sampler_shards_across_ranks(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -119,6 +124,8 @@ def test_datamodule_batches_and_validation_set(messy_folder: Path, sample_photos
     with pytest.warns(UserWarning, match="skipped 3"):
         module.setup("fit")
     batches = list(module.train_dataloader())
-    assert len(batches) == 2 and batches[0].shape == (2, 3, 40, 40)
+    assert len(batches) == 2 and batches[0].shape == (2, 3, 40, 40) and batches[0].dtype == torch.uint8
+    images = module.on_after_batch_transfer(batches[0], 0)  # on the training device, whatever it is
+    assert images.dtype == torch.float32 and torch.equal(images * 255, batches[0].float())
     assert module.val_images.shape == (3, 3, 24, 24)
     assert next(iter(module.val_dataloader())).shape == (3, 3, 24, 24)

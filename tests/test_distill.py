@@ -9,13 +9,15 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from nst_ff.config import CONFIG_DIR
+from nst_ff.config import validate
 from nst_ff.distill import DistillModule
 from nst_ff.export import load_model, resolve_model
+from nst_ff.paths import CONFIG_DIR
+from nst_ff.schema import TrainConfig
 from nst_ff.stylize import Stylizer
+from nst_ff.training import train
 from tests.conftest import SAMPLES
 from tests.test_train import run_script
-from train import train
 
 TINY = [
     "experiment=distill",
@@ -34,7 +36,7 @@ TINY = [
 def distill(out: Path, *overrides: str) -> Path:
     with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[*TINY, f"output_dir={out}", *overrides])
-    return train(cfg)
+    return train(validate(cfg, TrainConfig, open_nodes=("trainer",)))
 
 
 @pytest.fixture(scope="module")
@@ -114,7 +116,7 @@ def test_teacher_from_a_file_names_the_student_after_it(six_steps: Path) -> None
     ("override", "message"),
     [
         ("teacher=/no/such.safetensors", "/no/such.safetensors: no such model file"),
-        ("teacher=null", "teacher is not set"),
+        ("teacher=null", "teacher: required by experiment=distill"),
     ],
 )
 def test_bad_teacher_gives_one_line(tmp_path: Path, override: str, message: str) -> None:

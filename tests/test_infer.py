@@ -12,9 +12,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from nst_ff.config import PROJECT_ROOT
 from nst_ff.export import ModelFileError, load_model, save_model
 from nst_ff.net import TransformerNet
+from nst_ff.paths import PROJECT_ROOT
 from tests.conftest import SAMPLES
 
 
@@ -56,7 +56,7 @@ def test_folder_keeps_tree_skips_bad_files_and_lists_failures(model: Path, tmp_p
     result = infer(f"model={model}", f"input={photos}", f"output={out}")
     assert result.returncode == 1
     written = sorted(str(p.relative_to(out)) for p in out.rglob("*") if p.is_file())
-    assert written == ["coffee.jpg", "nested/cat.png", "nested/rocket.JPG"]
+    assert written == [".nst-ff-output", "coffee.jpg", "nested/cat.png", "nested/rocket.JPG"]
     assert Image.open(out / "nested" / "cat.png").mode == "RGBA"
     assert "broken.jpg" in result.stderr and "empty.png" in result.stderr
     assert "2 of 5 image(s) failed" in result.stderr and "Traceback" not in result.stderr
@@ -146,6 +146,37 @@ def test_list_models_gives_each_model_its_arithmetic_and_speed_class() -> None:
 
     assert gflop_per_megapixel(TransformerNet()) == pytest.approx(322.5, rel=0.01)  # Johnson et al.'s net
     assert gflop_per_megapixel(TransformerNet(channels=16, separable=True)) < 50
-    for line in list_models():
+    for line in list_models()[:-1]:  # the last line says where to put more models
         name, speed = line.split()[:2]
         assert speed == ("fast" if name.endswith("_fast") else "full"), line
+
+
+def test_current_folder_goes_to_a_sibling_folder_and_outputs_are_never_inputs(model: Path, tmp_path: Path) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(SAMPLES / "coffee.jpg", photos / "coffee.jpg")
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / "infer.py"), f"model={model}", "input=."],
+        capture_output=True,
+        text=True,
+        cwd=photos,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert Image.open(tmp_path / "photos_tiny" / "coffee.jpg").size == Image.open(photos / "coffee.jpg").size
+    # An output folder inside the input folder: not stylised in this run, nor by a later run over the input.
+    inside = photos / "styled"
+    assert infer(f"model={model}", f"input={photos}", f"output={inside}").returncode == 0
+    again = infer(f"model={model}", f"input={photos}", f"output={tmp_path / 'later'}")
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert sorted(p.name for p in (tmp_path / "later").rglob("*.jpg")) == ["coffee.jpg"]
+    assert sorted(p.name for p in inside.rglob("*.jpg")) == ["coffee.jpg"]
+
+
+def test_malformed_model_metadata_is_one_line(model: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad_json.safetensors"
+    save_file({"x": torch.zeros(1)}, bad, metadata={"format": "nst_ff.model/1", "net": "{not json", "metadata": "{}"})
+    with pytest.raises(ModelFileError, match="broken metadata"):
+        load_model(bad)
+    result = infer(f"model={bad}", f"input={SAMPLES / 'coffee.jpg'}", f"output={tmp_path / 'o.jpg'}")
+    assert result.returncode == 2 and "broken metadata" in result.stderr and "Traceback" not in result.stderr

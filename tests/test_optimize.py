@@ -12,10 +12,10 @@ from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 import nst_ff.perceptual
-from nst_ff.config import PROJECT_ROOT
-from nst_ff.images import load_image
+from nst_ff.images import load_image, read_picture
 from nst_ff.module import StyleTransferModule
 from nst_ff.optimize import coarse_to_fine, initial_image, optimize_pixels
+from nst_ff.paths import PROJECT_ROOT
 from nst_ff.perceptual import PerceptualLoss
 from tests.conftest import SAMPLES, STYLE
 
@@ -167,3 +167,35 @@ def test_command_line(tmp_path: Path) -> None:
         timeout=300,
     )
     assert missing.returncode == 2 and "/no/photo.jpg: no such file" in missing.stderr
+
+
+@pytest.mark.parametrize("optimizer", ["lbfgs", "adam"])
+def test_a_photo_already_at_the_stage_size_works(johnson_loss: PerceptualLoss, tmp_path: Path, optimizer: str) -> None:
+    """No resize happens when the photo's long side equals the stage size: the pixels are then the decoded
+    photo itself (channels_last strides from HWC data, or a channels_last tensor from an API user)."""
+    path = tmp_path / "cat.png"
+    Image.open(SAMPLES / "chelsea.jpg").resize((48, 32)).save(path)
+    decoded = read_picture(path).rgb[None]
+    for content in (decoded, decoded.contiguous(memory_format=torch.channels_last)):
+        out = coarse_to_fine(johnson_loss, content, johnson_loss.style_image, [48], 2, optimizer=optimizer)
+        assert out.shape == content.shape
+        assert total(johnson_loss, out, content) < total(johnson_loss, content, content)
+
+
+def test_a_run_that_fails_before_any_work_leaves_no_run_folder(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "optimize.py"),
+            f"content={SAMPLES / 'chelsea.jpg'}",
+            "loss.weights.source=file",
+            f"loss.weights.path={tmp_path / 'no_vgg19.pth'}",
+            f"hydra.run.dir={tmp_path / 'run'}",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "no_vgg19.pth: no such VGG weights file" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()

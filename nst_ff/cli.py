@@ -1,0 +1,103 @@
+"""The five commands: nst-train, nst-infer, nst-optimize, nst-export and nst-serve once installed (pyproject.toml's
+[project.scripts]); ``python train.py``, ``infer.py`` and ``optimize.py`` in a checkout call the same functions.
+
+Each takes Hydra's key=value options and checks all of them before it starts (a mistake is one line and exit 2),
+then calls its package function with plain values. The configs are found by absolute path (``CONFIG_DIR``: the
+checkout's conf/ or the installed package's copy); run folders (train, optimize) are made in the current folder.
+Each command imports its package module when it runs, so that e.g. nst-infer does not load Lightning.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import hydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig
+
+from nst_ff.config import check_command_line, job_command, register_resolvers, style_path_overrides, validate
+from nst_ff.errors import exit_on_user_error
+from nst_ff.files import removed_if_unused
+from nst_ff.paths import CONFIG_DIR
+from nst_ff.schema import ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig
+
+
+def _check_command_line(config_dir: Path, config_name: str, style_paths: bool = False) -> None:
+    """Compose the config before Hydra does, so that its errors are one line (see ``check_command_line``);
+    ``style_paths``: ``style=`` may name a painting's file (``style_path_overrides``)."""
+    register_resolvers()
+    if style_paths:
+        sys.argv[1:] = style_path_overrides(sys.argv[1:])
+    with exit_on_user_error():
+        check_command_line(config_dir, config_name, sys.argv[1:])
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="train")
+def _train(cfg: DictConfig) -> None:
+    from nst_ff.training import train as fit
+
+    with exit_on_user_error(), removed_if_unused(HydraConfig.get().runtime.output_dir):
+        fit(validate(cfg, TrainConfig, open_nodes=("trainer",)), command=job_command())
+
+
+def train() -> None:
+    """Train a style's network (conf/train.yaml); the run folder is outputs/<style>/<time> in the current folder."""
+    _check_command_line(CONFIG_DIR, "train", style_paths=True)
+    _train()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "infer"), config_name="infer")
+def _infer(cfg: DictConfig) -> None:
+    from nst_ff.infer import run
+
+    with exit_on_user_error():
+        sys.exit(run(validate(cfg, InferConfig)))
+
+
+def infer() -> None:
+    """Stylise photos with a model (conf/infer/infer.yaml)."""
+    _check_command_line(CONFIG_DIR / "infer", "infer")
+    _infer()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="optimize")
+def _optimize(cfg: DictConfig) -> None:
+    from nst_ff.optimize import run
+
+    with exit_on_user_error(), removed_if_unused(HydraConfig.get().runtime.output_dir):
+        print(f"wrote {run(validate(cfg, OptimizeConfig))}")
+
+
+def optimize() -> None:
+    """Stylise one photo by optimising its pixels (conf/optimize.yaml)."""
+    _check_command_line(CONFIG_DIR, "optimize", style_paths=True)
+    _optimize()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "export"), config_name="export")
+def _export(cfg: DictConfig) -> None:
+    from nst_ff.onnx import main
+
+    with exit_on_user_error():
+        sys.exit(main(**validate(cfg, ExportConfig)))
+
+
+def export() -> None:
+    """Export a model to ONNX (conf/export/export.yaml)."""
+    _check_command_line(CONFIG_DIR / "export", "export")
+    _export()
+
+
+@hydra.main(version_base="1.3", config_path=str(CONFIG_DIR / "serve"), config_name="serve")
+def _serve(cfg: DictConfig) -> None:
+    from nst_ff.serve import serve as launch
+
+    with exit_on_user_error():
+        launch(**validate(cfg, ServeConfig))
+
+
+def serve() -> None:
+    """Serve the web page (conf/serve/serve.yaml)."""
+    _check_command_line(CONFIG_DIR / "serve", "serve")
+    _serve()

@@ -1,0 +1,152 @@
+"""How the one TransformerNet (and the training loss around it) runs on a device: the single place
+where the execution choices are made. ``nst_ff.device`` says which device and precision; this module
+says how to use them.
+
+- CUDA: NCHW, because CUDA's reflection padding only writes NCHW and a channels_last network is
+  converted back and forth at every padded convolution; torch's fused instance-norm kernel instead of
+  the scale-and-shift form (about eleven small kernels); inference weights converted to fp16 once
+  (autocast re-casts every weight on every call); training under Lightning's bf16 autocast with a
+  compiled step, since a 256 px step is launch-bound (hundreds of small kernels) and compiling fuses
+  them. Measured on one H200 (issue 11): 1024 px inference 8.9 ms fp32 NCHW, 14.3 ms fp16 autocast +
+  channels_last, 7.7 ms fp16 weights NCHW, 3.4 ms compiled; a batch-4 training step 31.2 ms bf16
+  eager, 14.3 ms compiled.
+- CPU: channels_last with the scale-and-shift InstanceNorm (aten's kernel converts channels_last to
+  contiguous and back), bf16 only where the CPU has native bf16 instructions (``resolve_dtype``).
+- Anything in NCHW uses torch's kernel; anything channels_last uses ours.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from nst_ff.device import resolve_dtype
+from nst_ff.errors import UserError
+from nst_ff.net import InstanceNorm
+
+COMPILE_SETTINGS = (True, False, "auto")
+
+# When compiling pays off within one job: (seconds a compilation costs, seconds it saves per unit of
+# work). Inference counts megapixels, training counts steps. CUDA: one H200 (issue 11): compiling the
+# fp16 network took 13 s and cut 1024 px from 7.7 to 3.4 ms; the batch-4 training step took 35 s to
+# compile and went from 31.2 to 14.3 ms (bf16). CPU: 2-core AVX2 EPYC (README): 13 to 66 s per graph,
+# 1024 px from 3.68 to 2.84 s; training is not compiled by default on CPUs (unmeasured gain). A warm
+# compile cache (``compile_cache_dir``) makes later compilations several times cheaper; these
+# thresholds assume a cold one.
+_INFERENCE_COMPILE = {"cuda": (15.0, 0.0043), "cpu": (40.0, 0.84)}
+_TRAINING_COMPILE = {"cuda": (35.0, 0.017)}
+
+
+@dataclass(frozen=True)
+class Execution:
+    """``dtype``: the network's weights and activations (None: float32; training leaves precision to
+    Lightning's autocast); ``channels_last``: memory format; ``fused_norm``: torch's instance-norm
+    kernel instead of the channels_last-friendly one."""
+
+    device: torch.device
+    dtype: torch.dtype | None = None
+    channels_last: bool = False
+    fused_norm: bool = True
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def prepare(self, net: nn.Module) -> nn.Module:
+        """Set the norm kind, then move ``net`` (in place) to the device, dtype and memory format."""
+        for module in net.modules():
+            if isinstance(module, InstanceNorm):
+                module.fused = self.fused_norm
+        return net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
+
+    def inputs(self, images: torch.Tensor) -> torch.Tensor:
+        """Images as the prepared network takes them: on the device, in its dtype and memory format."""
+        images = images.to(self.device, non_blocking=True)
+        return images.to(self.dtype or images.dtype).contiguous(memory_format=self.memory_format)
+
+    def describe(self) -> str:
+        device = str(self.device)
+        if self.device.type == "cuda":
+            device += f" ({torch.cuda.get_device_name(self.device)})"
+        dtype = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "fp32")
+        norm = "torch's instance norm" if self.fused_norm else "scale-and-shift instance norm"
+        return f"{device}, {dtype} weights, {'channels_last' if self.channels_last else 'NCHW'}, {norm}"
+
+
+def _layout(device: torch.device, channels_last: bool | None) -> dict[str, bool]:
+    channels_last = device.type != "cuda" if channels_last is None else channels_last
+    return {"channels_last": channels_last, "fused_norm": not channels_last}
+
+
+def inference_execution(device: torch.device, precision: str = "auto", channels_last: bool | None = None) -> Execution:
+    """Weights converted once to ``resolve_dtype(device, precision)``; ``channels_last`` None: the
+    device's fastest layout."""
+    return Execution(device, resolve_dtype(device, precision), **_layout(device, channels_last))
+
+
+def training_execution(device: torch.device, channels_last: bool | None = None) -> Execution:
+    """float32 weights (Lightning's precision plugin autocasts); ``channels_last`` None: the device's
+    fastest layout. The optimizer is fused on CUDA (``fused_optimizer``)."""
+    return Execution(device, None, **_layout(device, channels_last))
+
+
+def batch_pixels(device: torch.device) -> int:
+    """Pixels of same-size photos to stylise in one batch: on CUDA a 1024 px photo alone leaves the GPU
+    partly idle between kernels; 8 megapixels in fp16 need about 3 GB. CPUs gain nothing from batches."""
+    return 8 * 2**20 if device.type == "cuda" else 1
+
+
+def fused_optimizer(device: torch.device) -> bool:
+    """Adam's fused kernel: one launch for all parameters instead of a few per parameter (CUDA)."""
+    return device.type == "cuda"
+
+
+def _check(setting: bool | str, key: str) -> None:
+    if setting not in COMPILE_SETTINGS:
+        raise UserError(f"{key}={setting}: choose true, false or auto")
+
+
+def compile_inference(setting: bool | str, device: torch.device, megapixels: float) -> bool:
+    """``auto``: compile when the job's pixels save more time than a compilation costs."""
+    _check(setting, "compile")
+    if setting != "auto":
+        return bool(setting)
+    cost, saving = _INFERENCE_COMPILE.get(device.type, (float("inf"), 0.0))
+    return megapixels * saving > cost
+
+
+def compile_training(setting: bool | str, device: torch.device, steps: int) -> bool:
+    """``auto``: compile when the run's steps save more time than a compilation costs."""
+    _check(setting, "model.compile")
+    if setting != "auto":
+        return bool(setting)
+    cost, saving = _TRAINING_COMPILE.get(device.type, (float("inf"), 0.0))
+    return steps * saving > cost
+
+
+def training_compile_mode(device: torch.device, mode: str = "auto") -> str:
+    """``auto``: CUDA graphs on CUDA (training runs one fixed crop size, so one graph is replayed for
+    every step, without relaunching each kernel), inductor's default elsewhere."""
+    if mode != "auto":
+        return mode
+    return "reduce-overhead" if device.type == "cuda" else "default"
+
+
+def compile_cache_dir() -> Path:
+    """Where inductor keeps compiled graphs and kernels, reused by later runs: ``TORCHINDUCTOR_CACHE_DIR``
+    if set, else ``nst-ff/inductor`` in the user's cache folder (inductor's own default is under
+    /tmp, emptied at every boot)."""
+    default = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "nst-ff" / "inductor"
+    return Path(os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(default)))
+
+
+def compiled(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
+    """``torch.compile(fn, **options)`` with the cache kept between runs."""
+    compile_cache_dir()
+    return torch.compile(fn, **options)

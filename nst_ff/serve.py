@@ -1,0 +1,140 @@
+"""A web page to try styles on your own photos (Gradio): upload a photo, pick a shipped style or a model
+file, set strength and colour preservation, see and download the result.
+
+Runs offline: Gradio's analytics and version check are off, its theme's fonts are bundled with it, and
+nothing is fetched from the internet (tests/test_serve.py checks the browser's requests).
+gradio is optional: ``pip install 'nst-ff[serve]'``.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from typing import Any
+
+from PIL import Image
+
+from nst_ff.errors import UserError, require
+from nst_ff.export import resolve_model, shipped_models
+from nst_ff.stylize import Stylizer
+
+MODEL_TYPES = [".safetensors", ".ckpt", ".onnx"]
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def shipped_styles() -> list[str]:
+    return [path.stem for path in shipped_models()]
+
+
+@functools.lru_cache(maxsize=8)
+def load_stylizer(path: str, modified_ns: int, device: str, precision: str) -> Stylizer:
+    """Each model file is loaded once per process; ``modified_ns`` reloads a file that changed on disk."""
+    return Stylizer.from_file(path, device=device, precision=precision)
+
+
+def stylize_photo(
+    photo: Image.Image | None,
+    model: str,
+    strength: float = 1.0,
+    preserve_color: bool = False,
+    max_size: int | None = None,
+    device: str = "auto",
+    precision: str = "auto",
+) -> Image.Image:
+    """What the page's button does: ``model`` is a shipped style's name or a model file's path."""
+    if photo is None:
+        raise UserError("no photo: upload one first")
+    path = resolve_model(model)
+    stylizer = load_stylizer(str(path.resolve()), path.stat().st_mtime_ns, device, precision)
+    return stylizer.stylize(photo, strength=strength, preserve_color=preserve_color, max_size=max_size)
+
+
+def build_app(
+    device: str = "auto", precision: str = "auto", max_size: int | None = None, model_paths: bool = True
+) -> Any:
+    """The Gradio Blocks app. ``model_paths`` shows a box for a model path on the server's disk (only
+    sensible when the page is served to this machine)."""
+    os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"  # read when gradio is imported: no analytics, no version check
+    gr = require("gradio", "serve", "the web page, nst-serve")
+    styles = shipped_styles()
+
+    def run(
+        photo: Image.Image | None, style: str, upload: str | None, path: str, strength: float, preserve: bool
+    ) -> Image.Image:
+        model = upload or (path or "").strip() or style
+        if not model:
+            raise gr.Error("no model: pick a style or give a model file")
+        try:
+            return stylize_photo(photo, model, strength, preserve, max_size, device, precision)
+        except UserError as error:
+            raise gr.Error(str(error)) from None
+
+    with gr.Blocks(title="nst-ff: fast neural style transfer") as app:
+        gr.Markdown("## nst-ff: fast neural style transfer\nUpload a photo, pick a style, press **Stylise**.")
+        with gr.Row():
+            with gr.Column():
+                photo = gr.Image(
+                    type="pil",
+                    image_mode=None,
+                    sources=["upload", "clipboard"],
+                    height=360,
+                    label="photo",
+                    elem_id="photo",
+                )
+                default = "starry_night" if "starry_night" in styles else (styles[0] if styles else None)
+                style = gr.Dropdown(styles, value=default, label="style (shipped)", elem_id="style")
+                with gr.Accordion("another model", open=False):
+                    upload = gr.File(
+                        file_types=MODEL_TYPES,
+                        type="filepath",
+                        height=120,
+                        label="a model file (.safetensors, .ckpt, .onnx)",
+                        elem_id="model_file",
+                    )
+                    path = gr.Textbox(
+                        label="or a model path on this machine", visible=model_paths, elem_id="model_path"
+                    )
+                strength = gr.Slider(0, 1, value=1, step=0.05, label="strength", elem_id="strength")
+                preserve = gr.Checkbox(label="preserve the photo's colours", elem_id="preserve_color")
+                button = gr.Button("Stylise", variant="primary", elem_id="run")
+            result = gr.Image(
+                type="pil",
+                format="png",
+                height=360,
+                label="result",
+                interactive=False,
+                buttons=["download"],
+                elem_id="result",
+            )
+        button.click(run, [photo, style, upload, path, strength, preserve], result)
+    return app
+
+
+def serve(
+    host: str = "127.0.0.1",
+    port: int = 7860,
+    device: str = "auto",
+    precision: str = "auto",
+    max_size: int | None = None,
+    block: bool = True,
+) -> Any:
+    """The nst-serve command: serve the page on ``host:port`` (this machine only by default). ``block=False``
+    returns the running app (``app.close()`` stops it)."""
+    app = build_app(device, precision, max_size, model_paths=host in LOOPBACK)
+    try:
+        app.launch(
+            server_name=host,
+            server_port=port,
+            share=False,
+            inbrowser=False,
+            prevent_thread_lock=not block,
+            footer_links=[],
+            ssr_mode=False,
+            mcp_server=False,
+        )
+    except OSError:  # Gradio's message blames the port alone and names its own settings
+        raise UserError(
+            f"host={host} port={port}: cannot serve there (the port is in use or needs root, or the host is not "
+            "this machine's); choose another port= or host="
+        ) from None
+    return app

@@ -1,0 +1,86 @@
+"""The train.py command: build the data, model, trainer and logger of a validated config, fit, export."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+from hydra.utils import instantiate
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+
+from nst_ff.checkpoint import AtomicCheckpointIO
+from nst_ff.device import keep_freed_memory
+from nst_ff.errors import UserError
+from nst_ff.export import save_model
+from nst_ff.schema import ConfigError
+
+
+class _DropAdvertising(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "Tip:" not in record.getMessage()
+
+
+def quiet_lightning() -> None:
+    """Keep Lightning's output to what concerns this run: no product tips, no warnings about things that are
+    on purpose here (the frozen VGG in eval mode, the summary's size estimate under bf16) or inside Lightning."""
+    logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdvertising())
+    warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
+    warnings.filterwarnings("ignore", message=r".*is not supported by the model summary")
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+
+
+def check_trainer_options(trainer: dict[str, Any]) -> None:
+    """Any Lightning Trainer argument may be set (``+trainer.KEY=VALUE``); a misspelt one stops the run here."""
+    accepted = set(inspect.signature(pl.Trainer.__init__).parameters) | {"_target_"}
+    unknown = sorted(set(trainer) - accepted)
+    if unknown:
+        raise ConfigError(f"trainer.{unknown[0]}: no such Lightning Trainer argument; see the Trainer's documentation")
+
+
+def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
+    """Fit the model described by ``cfg`` (validated by ``nst_ff.config.validate``); return the exported model
+    file (None if not exported). ``command`` is recorded in the model's metadata."""
+    if cfg["ckpt_path"] and not Path(cfg["ckpt_path"]).is_file():
+        raise UserError(f"{cfg['ckpt_path']}: no such checkpoint; pass ckpt_path=.../checkpoints/last.ckpt")
+    check_trainer_options(cfg["trainer"])
+    quiet_lightning()
+    pl.seed_everything(cfg["seed"], workers=True, verbose=False)
+    keep_freed_memory()  # 1.4x faster CPU steps on a 2-core EPYC: no page faults re-mapping big feature maps
+    out = Path(cfg["output_dir"])
+    datamodule = instantiate(cfg["data"])
+    model = instantiate(cfg["model"], _convert_="all")
+    # Everything that can fail on the user's input (photos, painting, VGG weights) fails here, before any output.
+    datamodule.setup("fit")
+    model.build_loss()
+    checkpoints = ModelCheckpoint(
+        dirpath=out / "checkpoints",
+        filename="step{step:07d}",
+        auto_insert_metric_name=False,
+        every_n_train_steps=cfg["checkpoint"]["every_n_steps"],
+        save_top_k=cfg["checkpoint"]["keep"],
+        monitor="step",
+        mode="max",
+        save_last=True,
+    )
+    logger = instantiate(cfg["logger"]) if cfg.get("logger") else False
+    callbacks = [checkpoints] + ([LearningRateMonitor("step")] if logger else [])
+    trainer = instantiate(cfg["trainer"], callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
+    if logger:
+        logger.log_hyperparams(cfg)
+    # weights_only: resuming never unpickles code from a checkpoint file.
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg["ckpt_path"], weights_only=True)
+    # ModelCheckpoint saves every N steps only: the run's final step is saved too, whatever it is.
+    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)  # full: resumable
+    if not (cfg["export"] and trainer.is_global_zero):
+        return None
+    path = out / "checkpoints" / f"{cfg['style']['name']}.safetensors"
+    metadata = model.export_metadata()
+    metadata["command"] = command
+    metadata["config"] = cfg
+    save_model(path, model.net, metadata)
+    print(f"exported {path}")
+    return path

@@ -1,0 +1,89 @@
+"""The reader -> work -> writer threads, and infer's batching of same-size photos (the CUDA path's logic,
+run on the CPU)."""
+
+from __future__ import annotations
+
+import shutil
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import nst_ff.infer
+from nst_ff.images import read_picture
+from nst_ff.net import TransformerNet
+from nst_ff.pipeline import Writer, batched, read_ahead
+from nst_ff.stylize import Stylizer
+from tests.conftest import SAMPLES
+
+
+def test_read_ahead_keeps_order_runs_ahead_boundedly_and_hands_over_errors() -> None:
+    started = []
+
+    def read(item: int) -> int:
+        started.append(item)
+        time.sleep(0.01 * (item % 3))  # finish out of order
+        if item == 4:
+            raise ValueError("bad file 4")
+        return item * 10
+
+    results = []
+    for item, result in read_ahead(range(10), read, workers=3, depth=3):
+        assert max(started) < item + 3 + 1  # never more than depth items ahead of the consumer
+        results.append((item, result))
+    assert [item for item, _ in results] == list(range(10))
+    assert isinstance(results[4][1], ValueError)
+    assert [r for i, r in results if i != 4] == [i * 10 for i in range(10) if i != 4]
+
+
+def test_batched_groups_runs_of_equal_keys_up_to_a_size() -> None:
+    elements = ["a1", "a2", "a3", "b1", "a4", "a5"]
+    batches = list(batched(elements, key=lambda e: e[0], size=lambda e: 2))
+    assert batches == [["a1", "a2"], ["a3"], ["b1"], ["a4", "a5"]]
+
+
+def test_writer_bounds_pending_work_and_waits_for_all() -> None:
+    running, most, done = [0], [0], []
+    lock = threading.Lock()
+
+    def write(item: int) -> None:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+        time.sleep(0.01)
+        with lock:
+            running[0] -= 1
+        done.append(item)
+
+    with Writer(workers=2, depth=3) as writer:
+        for item in range(12):
+            writer.submit(write, item)
+    assert sorted(done) == list(range(12)) and most[0] <= 2
+
+
+def test_same_size_photos_are_stylised_in_batches_like_one_by_one(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The batching that runs on CUDA, forced on the CPU: same outputs as one photo at a time."""
+    torch.manual_seed(0)
+    stylizer = Stylizer(TransformerNet(channels=8, num_res_blocks=1), precision="fp32")
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name in ("a", "b", "c"):
+        shutil.copy(SAMPLES / "coffee.jpg", photos / f"{name}.png")  # same size, lossless outputs
+    Image.open(SAMPLES / "coffee.jpg").rotate(90, expand=True).save(photos / "d.png")
+    pairs = [(p, tmp_path / "out" / p.name) for p in sorted(photos.iterdir())]
+    sizes = []
+    original = stylizer.stylize_batch
+    monkeypatch.setattr(stylizer, "stylize_batch", lambda x, **kw: sizes.append(len(x)) or original(x, **kw))
+    monkeypatch.setattr(nst_ff.infer, "batch_pixels", lambda device: 10**9)
+    failures: list[str] = []
+    assert nst_ff.infer.stylize_files(stylizer, pairs, {"strength": 1.0}, failures) == 4 and not failures
+    assert sizes == [3, 1]  # a, b, c together; the rotated one alone
+    for source, target in pairs:
+        alone = stylizer.stylize_batch(read_picture(source).rgb[None])[0]
+        written = read_picture(target).rgb
+        assert (written - alone).abs().max() <= 0.5 / 255 + 1e-6  # 8-bit rounding only

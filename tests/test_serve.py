@@ -1,0 +1,138 @@
+"""The web page: in a real browser (Debian's chromium driven by Playwright), upload a photo, stylise it,
+get back the image the Stylizer makes; nothing leaves this machine."""
+
+from __future__ import annotations
+
+import inspect
+import math
+import os
+import shutil
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlparse
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from nst_ff import serve
+from nst_ff.errors import UserError
+from tests.conftest import SAMPLES
+
+PHOTO = SAMPLES / "chelsea.jpg"
+CHROMIUM = os.environ.get("NST_FF_CHROMIUM", "/usr/bin/chromium")
+# No first-run, sync, update or background traffic: the test also checks that the page fetches nothing
+# from the internet.
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+
+
+def psnr(a: Image.Image, b: Image.Image) -> float:
+    x, y = (np.asarray(i.convert("RGB"), dtype=np.float64) / 255 for i in (a, b))
+    mse = float(np.mean((x - y) ** 2))
+    return math.inf if mse == 0 else 10 * math.log10(1 / mse)
+
+
+def test_each_model_is_loaded_once_and_bad_requests_are_clear() -> None:
+    serve.load_stylizer.cache_clear()
+    photo = Image.open(PHOTO)
+    first = serve.stylize_photo(photo, "starry_night", strength=0.5)
+    second = serve.stylize_photo(photo, "starry_night", preserve_color=True)
+    assert first.size == second.size == photo.size
+    assert serve.load_stylizer.cache_info().misses == 1 and serve.load_stylizer.cache_info().hits == 1
+    with pytest.raises(UserError, match="no photo"):
+        serve.stylize_photo(None, "starry_night")
+    with pytest.raises(UserError, match="no such model file or shipped model"):
+        serve.stylize_photo(photo, "no_such_style")
+
+
+def test_missing_gradio_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gradio", None)  # makes `import gradio` raise ImportError
+    with pytest.raises(UserError) as error:
+        serve.build_app()
+    assert str(error.value) == (
+        "gradio is not installed (needed for the web page, nst-serve); pip install 'nst-ff[serve]'"
+    )
+
+
+@pytest.fixture
+def outbound(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """Host names this process looks up other than this machine's (Gradio's analytics would show here)."""
+    seen: list[str] = []
+    lookup = socket.getaddrinfo
+
+    def recording_lookup(host, *args, **kwargs):
+        if host not in LOCAL_HOSTS and host not in (None, "", "0.0.0.0"):
+            seen.append(str(host))
+        return lookup(host, *args, **kwargs)
+
+    monkeypatch.setattr(socket, "getaddrinfo", recording_lookup)
+    yield seen
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_page_in_a_real_browser(tmp_path: Path, outbound: list[str]) -> None:
+    pytest.importorskip("gradio", reason="the web page needs gradio: pip install 'nst-ff[serve]'")
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the browser test needs playwright (pip)")
+    if not Path(CHROMIUM).is_file():
+        pytest.skip(f"no browser at {CHROMIUM}: apt-get install chromium (or set NST_FF_CHROMIUM)")
+    port = free_port()
+    app = serve.serve(port=port, block=False)
+    requests: list[str] = []
+    try:
+        with sync_api.sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1000, "height": 800})
+            page.on("request", lambda request: requests.append(request.url))
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.set_input_files("#photo input[type=file]", str(PHOTO))
+            page.locator("#photo img").wait_for(timeout=30_000)  # the upload's preview
+            page.click("#run")
+            result = page.locator("#result img")
+            result.wait_for(timeout=60_000)
+            src = result.get_attribute("src")
+            png = tmp_path / "result.png"
+            png.write_bytes(page.request.get(page.evaluate("s => new URL(s, location.href).href", src)).body())
+            page.evaluate("window.scrollTo(0, 0)")
+            page.screenshot(path=str(tmp_path / "serve.png"))
+            browser.close()
+    finally:
+        app.close()
+    if os.environ.get("NST_FF_SCREENSHOT"):  # how the README's screenshot is made
+        shutil.copy(tmp_path / "serve.png", os.environ["NST_FF_SCREENSHOT"])
+    got, photo = Image.open(png), Image.open(PHOTO)
+    assert got.size == photo.size
+    expected = serve.stylize_photo(photo, "starry_night")
+    assert psnr(got, expected) > 40
+    assert psnr(got, photo) < 20  # stylised, not the photo sent back
+    hosts = {urlparse(url).hostname for url in requests if urlparse(url).scheme in ("http", "https", "ws", "wss")}
+    assert hosts <= LOCAL_HOSTS, f"the page fetched from {hosts - LOCAL_HOSTS}"
+    assert not outbound, f"the server looked up {outbound}"
+
+
+def test_draft_config_has_the_entry_function_options() -> None:
+    from hydra import compose, initialize_config_dir
+
+    from nst_ff.paths import CONFIG_DIR
+
+    with initialize_config_dir(str(CONFIG_DIR / "serve"), version_base="1.3"):
+        cfg = compose("serve", overrides=["port=8080"])
+    options = {key: value for key, value in cfg.items() if key != "hydra"}
+    assert set(options) == set(inspect.signature(serve.serve).parameters) - {"block"}
+    assert options["host"] == "127.0.0.1" and options["port"] == 8080
