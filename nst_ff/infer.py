@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from functools import partial
 from pathlib import Path
 
 from tqdm import tqdm
@@ -11,6 +12,10 @@ from nst_ff.errors import UserError
 from nst_ff.export import SHIPPED, load_model, resolve_model
 from nst_ff.images import IMAGE_EXTENSIONS, ImageError, find_images, read_picture, write_picture
 from nst_ff.stylize import Stylizer
+from nst_ff.video import VIDEO_EXTENSIONS, VideoError, is_video, stylize_video
+
+# Videos are stylised as videos, beside photos in folder runs.
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 
 def list_models() -> list[str]:
@@ -24,16 +29,19 @@ def list_models() -> list[str]:
 def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple[Path, Path]]:
     """(input, output) file pairs. A folder keeps its relative tree under the output folder."""
     single_file = len(inputs) == 1 and inputs[0].is_file()
-    if single_file and (output is None or output.suffix.lower() in IMAGE_EXTENSIONS):
+    if single_file and (output is None or output.suffix.lower() in MEDIA_EXTENSIONS):
         source = inputs[0]
+        if output is not None and is_video(source) != is_video(output):
+            kind, extensions = ("video", VIDEO_EXTENSIONS) if is_video(source) else ("image", IMAGE_EXTENSIONS)
+            raise UserError(f"{output}: the output of {source} must be a {kind} file ({', '.join(extensions)})")
         return [(source, output or source.with_name(f"{source.stem}_{model_name}{source.suffix}"))]
-    if output is not None and output.suffix.lower() in IMAGE_EXTENSIONS:
-        raise UserError(f"{output}: several inputs need an output folder, not an image file name")
+    if output is not None and output.suffix.lower() in MEDIA_EXTENSIONS:
+        raise UserError(f"{output}: several inputs need an output folder, not a file name")
     pairs = []
     for source in inputs:
         if source.is_dir():
             target = output or source.with_name(f"{source.name}_{model_name}")
-            pairs += [(f, target / f.relative_to(source)) for f in find_images(source)]
+            pairs += [(f, target / f.relative_to(source)) for f in find_images(source, MEDIA_EXTENSIONS)]
         else:
             target = output or source.parent
             pairs.append((source, target / f"{source.stem}_{model_name}{source.suffix}"))
@@ -57,7 +65,7 @@ def run(cfg: dict) -> int:
     output = Path(str(cfg["output"])).expanduser() if cfg.get("output") else None
     pairs = plan(inputs, output, model_path.stem)
     if not pairs:
-        raise UserError(f"{', '.join(map(str, inputs))}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+        raise UserError(f"{', '.join(map(str, inputs))}: no images or videos found ({', '.join(MEDIA_EXTENSIONS)})")
     input_files = {source.resolve() for source, _ in pairs}
     stylizer = Stylizer(
         net,
@@ -68,8 +76,9 @@ def run(cfg: dict) -> int:
         tile_size=cfg["tile_size"],
         tile_overlap=cfg["tile_overlap"],
     )
+    options = {"strength": cfg["strength"], "preserve_color": cfg["preserve_color"], "max_size": cfg["max_size"]}
     failures = []
-    progress = tqdm(pairs, unit="image", disable=len(pairs) < 2, file=sys.stderr)
+    progress = tqdm(pairs, unit="file", disable=len(pairs) < 2, file=sys.stderr)
     for source, target in progress:
         if target.resolve() in input_files:
             failures.append(f"{target}: is an input; choose another output so inputs are never overwritten")
@@ -78,18 +87,17 @@ def run(cfg: dict) -> int:
             progress.write(f"kept {target} (exists; overwrite=true replaces it)")
             continue
         try:
-            picture = stylizer.stylize_picture(
-                read_picture(source),
-                strength=cfg["strength"],
-                preserve_color=cfg["preserve_color"],
-                max_size=cfg["max_size"],
-            )
-            write_picture(target, picture.rgb, picture.alpha)
+            if is_video(source):
+                stylize = partial(stylizer.stylize_batch, **options)
+                stylize_video(source, target, stylize, device=stylizer.device, **cfg["video"])
+            else:
+                picture = stylizer.stylize_picture(read_picture(source), **options)
+                write_picture(target, picture.rgb, picture.alpha)
             progress.write(f"wrote {target}")
-        except ImageError as error:
+        except (ImageError, VideoError) as error:
             failures.append(str(error))
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     if failures:
-        print(f"{len(failures)} of {len(pairs)} image(s) failed", file=sys.stderr)
+        print(f"{len(failures)} of {len(pairs)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
