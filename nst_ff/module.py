@@ -16,6 +16,7 @@ from nst_ff.export import load_model, resolve_model
 from nst_ff.images import load_image
 from nst_ff.net import TransformerNet
 from nst_ff.perceptual import LossTerms, PerceptualLoss
+from nst_ff.temporal import temporal_consistency_loss
 
 SCHEDULERS = ("none", "cosine", "step")
 
@@ -39,8 +40,9 @@ def load_initial_weights(name_or_path: str, config: dict[str, Any]) -> dict[str,
 class StyleTransferModule(pl.LightningModule):
     """``net`` kwargs build the TransformerNet; ``loss`` is a ``conf/loss`` preset; ``style`` holds the
     style's ``name`` and ``image`` path; ``init_from`` a trained model whose weights start the network
-    (not a resume: optimizer, step and data order start afresh). The VGG is built in ``setup`` and
-    never saved in checkpoints."""
+    (not a resume: optimizer, step and data order start afresh). ``temporal_weight`` adds the temporal
+    consistency term of ``nst_ff.temporal`` (stable video). The VGG is built in ``setup`` and never saved
+    in checkpoints."""
 
     def __init__(
         self,
@@ -51,6 +53,7 @@ class StyleTransferModule(pl.LightningModule):
         scheduler: str = "none",
         channels_last: bool = True,
         init_from: str | None = None,
+        temporal_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if scheduler not in SCHEDULERS:
@@ -98,14 +101,28 @@ class StyleTransferModule(pl.LightningModule):
             self.log("train/images_per_sec", images_per_sec, prog_bar=True)
         self._last_step_time = now
         _, terms = self.compute_losses(batch)
+        output, terms = self.compute_losses(batch)
         self._log_terms("train", terms, prog_bar=False)
-        self.log("loss", terms.total, prog_bar=True, logger=False)
-        return terms.total
+        # Seeded by the step: a resumed run draws the same motions as an uninterrupted one.
+        loss = terms.total + self._temporal("train", batch, output, seed=self.global_step)
+        self.log("loss", loss, prog_bar=True, logger=False)
+        return loss
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         output, terms = self.compute_losses(batch)
         self._log_terms("val", terms, sync_dist=True)
+        self._temporal("val", batch, output, seed=batch_idx, sync_dist=True)  # same motions at every validation
         self._val_outputs.append(output.float().cpu())
+
+    def _temporal(self, prefix: str, images: torch.Tensor, output: torch.Tensor, seed: int, **log: Any) -> Any:
+        """The weighted temporal consistency term (0 when ``temporal_weight`` is 0); logs ``<prefix>/temporal``
+        unweighted. ``train/loss`` and ``val/loss`` stay the perceptual loss alone."""
+        if not self.hparams.temporal_weight:
+            return 0.0
+        generator = torch.Generator().manual_seed(seed)
+        temporal = temporal_consistency_loss(self.forward, images, output, generator)
+        self.log(f"{prefix}/temporal", temporal, **log)
+        return self.hparams.temporal_weight * temporal
 
     def on_validation_epoch_end(self) -> None:
         outputs, self._val_outputs = self._val_outputs, []
@@ -146,4 +163,5 @@ class StyleTransferModule(pl.LightningModule):
             "steps": int(self.global_step),
             "lr": self.hparams.lr,
             "scheduler": self.hparams.scheduler,
+            "temporal_weight": self.hparams.temporal_weight,
         }
