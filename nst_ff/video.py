@@ -57,6 +57,7 @@ class _Batch:
     frames: np.ndarray
     pts: list[int]
     packets: list[av.Packet] = field(default_factory=list)
+    rotation: int = 0  # how players turn the frames (the display matrix), degrees counter-clockwise
 
 
 def _reason(error: BaseException) -> str:
@@ -100,6 +101,8 @@ def _batches(
                     batch.packets.append(packet)
                 continue
             for frame in packet.decode():
+                if not frames:
+                    batch.rotation = frame.rotation
                 # Every frame at the stream's size, even if the stream changes size midway.
                 frames.append(frame.to_ndarray(format="rgb24", width=width, height=height))
                 batch.pts.append(frame.pts if frame.pts is not None else round(count / rate / time_base))
@@ -137,6 +140,7 @@ class _Encoder:
         target: Path,
         source_stream: av.video.stream.VideoStream,
         audio: list[av.audio.stream.AudioStream],
+        rotation: int,
         crf: int | None,
         preset: str,
         speed: int,
@@ -146,6 +150,8 @@ class _Encoder:
         width, height = source_stream.codec_context.width, source_stream.codec_context.height
         self.stream = self.output.add_stream(codec, rate=_frame_rate(source_stream))
         self.stream.width, self.stream.height = width, height
+        if rotation:
+            self.stream.set_display_rotation(rotation)  # phone videos: stored sideways, shown upright
         # Frames keep their timestamps, in the input's time base; AVI has no timestamps, only a frame rate.
         self.source_time_base = source_stream.time_base
         self.time_base = 1 / _frame_rate(source_stream) if container_format == "avi" else self.source_time_base
@@ -250,20 +256,24 @@ def stylize_video(
         written = 0
 
         def write(file: BinaryIO) -> None:
-            encoder = _Encoder(file, target, stream, audio_streams, crf, preset, speed)
+            encoder: _Encoder | None = None
 
             def save(batch: _Batch) -> None:
-                nonlocal written
+                nonlocal encoder, written
+                # Opened at the first frames: they say how the output must be rotated for display.
+                encoder = encoder or _Encoder(file, target, stream, audio_streams, batch.rotation, crf, preset, speed)
                 encoder.write(batch)
                 bar.update(len(batch.frames))
                 written += len(batch.frames)
 
             try:
                 overlapped(_batches(source, container, audio_streams, batch_size), work, save)
+                assert encoder is not None, "_batches yields frames or raises"
                 encoder.finish()
             except BaseException:
-                with suppress(av.FFmpegError, OSError, ValueError):  # the first error is the one to report
-                    encoder.output.close()
+                if encoder is not None:
+                    with suppress(av.FFmpegError, OSError, ValueError):  # the first error is the one to report
+                        encoder.output.close()
                 raise
 
         try:

@@ -22,14 +22,19 @@ FPS = 25
 SAMPLE_RATE = 48000
 
 
-def make_clip(path: Path, seconds: int = 2, size: tuple[int, int] = (120, 160), audio: bool = True) -> None:
-    """A pan over a sample photo, H.264 at 25 frames/s, with a 440 Hz stereo AAC tone as long as the video."""
+def make_clip(
+    path: Path, seconds: int = 2, size: tuple[int, int] = (120, 160), audio: bool = True, rotation: int = 0
+) -> None:
+    """A pan over a sample photo, H.264 at 25 frames/s, with a 440 Hz stereo AAC tone as long as the video;
+    ``rotation``: a display rotation, as phones record."""
     photo = load_image(SAMPLES / "rocket.jpg")[0]
     frames, _ = synthetic_clip(photo, MOTIONS["pan"], seconds * FPS, size)
     with av.open(str(path), "w") as out:
         video = out.add_stream("libx264", rate=FPS)
         video.height, video.width = size
         video.pix_fmt = "yuv444p" if size[0] % 2 or size[1] % 2 else "yuv420p"
+        if rotation:
+            video.set_display_rotation(rotation)
         sound = out.add_stream("aac", rate=SAMPLE_RATE, layout="stereo") if audio else None
         for i, frame in enumerate(frames):
             rgb = frame.mul(255).round().byte().permute(1, 2, 0).numpy()
@@ -52,14 +57,16 @@ def describe(path: Path) -> dict[str, Any]:
     with av.open(str(path)) as container:
         video = container.streams.video[0]
         audio = container.streams.audio
-        frames, samples = [], 0
+        frames, samples, rotations = [], 0, set()
         for packet in container.demux(video, *audio):
             for decoded in packet.decode():
                 if packet.stream.type == "video":
                     frames.append(decoded.to_ndarray(format="rgb24"))
+                    rotations.add(decoded.rotation)
                 else:
                     samples += decoded.samples
         return {
+            "rotations": rotations,
             "size": (video.codec_context.height, video.codec_context.width),
             "frames": len(frames),
             "rate": video.average_rate,
@@ -178,3 +185,11 @@ def test_interrupted_run_leaves_no_output_and_keeps_an_old_one(clip: Path, tmp_p
     with pytest.raises(KeyboardInterrupt):
         stylize_video(clip, target, interrupted, batch_size=4, progress=False)
     assert list(tmp_path.iterdir()) == [target] and target.read_bytes() == b"previous result"
+
+
+def test_phone_rotation_is_kept(tmp_path: Path) -> None:
+    source = tmp_path / "portrait.mp4"
+    make_clip(source, seconds=1, audio=False, rotation=-90)
+    stylize_video(source, tmp_path / "out.mkv", identity, progress=False)
+    after = describe(tmp_path / "out.mkv")
+    assert (after["size"], after["frames"], after["rotations"]) == ((120, 160), FPS, {-90})
