@@ -28,7 +28,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.report import print_report  # noqa: E402
 from nst_ff.compare import scores, style_image_path  # noqa: E402
 from nst_ff.export import load_model, resolve_model  # noqa: E402
-from nst_ff.images import find_images, load_image, resize  # noqa: E402
+from nst_ff.images import find_images, load_image, resize, to_pil  # noqa: E402
 from nst_ff.net import InstanceNorm  # noqa: E402
 from nst_ff.perceptual import PerceptualLoss  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
@@ -92,6 +92,7 @@ def main() -> None:
     parser.add_argument("--noise", type=float, default=0.005, help="sensor noise (standard deviation)")
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--json")
+    parser.add_argument("--gif", help="write the first photo's pan, then its stylisations side by side, as a GIF")
     args = parser.parse_args()
     size = tuple(args.size)
     photos = [photo_for(p, size) for p in find_images(args.photos)[: args.limit]]
@@ -106,6 +107,7 @@ def main() -> None:
         | {"style": float("nan"), "content": float("nan")}
     ]
     losses: dict[str, PerceptualLoss] = {}
+    panels = [clips["pan", 0][0]]
     for model in args.model:
         net, meta = load_model(resolve_model(model))
         if meta["style"] not in losses:
@@ -123,6 +125,8 @@ def main() -> None:
                     clip, to_previous = clips[motion, i]
                     out = stylise_clip(stylizer, clip, option)
                     errors.append(warping_error(out, to_previous))
+                    if motion == "pan" and i == 0:
+                        panels.append(out)
                     middle = len(clip) // 2
                     score = scores(loss, out[middle : middle + 1], clip[middle : middle + 1])
                     style.append(score["style"])
@@ -138,6 +142,9 @@ def main() -> None:
         "under the model's training loss (mean)",
     }
     print_report("Temporal stability (warping error) and style strength", rows, extra, args.json)
+    if args.gif:
+        frames = [to_pil(frame) for frame in torch.cat(panels, dim=-1)]
+        frames[0].save(args.gif, save_all=True, append_images=frames[1:], duration=80, loop=0, optimize=True)
 
 
 if __name__ == "__main__":

@@ -50,19 +50,22 @@ def _affine(angle: float = 0.0, scale: float = 1.0, x: float = 0.0, y: float = 0
     return torch.tensor([[cos, -sin, x], [sin, cos, y], [0.0, 0.0, 1.0]], dtype=torch.float64)
 
 
-def warp(images: torch.Tensor, matrices: torch.Tensor, mode: str = "bicubic") -> tuple[torch.Tensor, torch.Tensor]:
-    """Resample (N, C, H, W) ``images``: output pixel p shows the input at ``matrices[n] @ p`` ((N, 3, 3) or
-    (3, 3), pixel units). Returns the warped images and a (N, 1, H, W) mask of the pixels whose source lies
-    inside the input (the others hold border pixels)."""
-    n, _, h, w = images.shape
+def warp(
+    images: torch.Tensor, matrices: torch.Tensor, size: tuple[int, int] | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Resample (N, C, H', W') ``images`` (bicubic) into (N, C, H, W) images (``size``, default the input's):
+    output pixel p shows the input at ``matrices[n] @ p`` ((N, 3, 3) or (3, 3), pixel units). Returns them and
+    a (N, 1, H, W) mask of the pixels whose source lies inside the input (the others hold border pixels)."""
+    n = images.shape[0]
+    h, w = size or images.shape[-2:]
     ys, xs = torch.meshgrid(torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij")
     points = torch.stack([xs, ys, torch.ones_like(xs)], dim=-1)
     source = torch.einsum("nij,hwj->nhwi", matrices.to(torch.float64).expand(n, 3, 3).cpu(), points)[..., :2]
-    size = torch.tensor([w, h], dtype=torch.float64)
+    extent = torch.tensor([images.shape[-1], images.shape[-2]], dtype=torch.float64)
     eps = 1e-6
-    valid = ((source >= -eps) & (source <= size - 1 + eps)).all(dim=-1)
-    grid = ((2 * source + 1) / size - 1).to(images.device, images.dtype)  # align_corners=False convention
-    warped = F.grid_sample(images, grid, mode=mode, padding_mode="border", align_corners=False)
+    valid = ((source >= -eps) & (source <= extent - 1 + eps)).all(dim=-1)
+    grid = ((2 * source + 1) / extent - 1).to(images.device, images.dtype)  # align_corners=False convention
+    warped = F.grid_sample(images, grid, mode="bicubic", padding_mode="border", align_corners=False)
     return warped, valid[:, None].to(images.device, images.dtype)
 
 
@@ -112,7 +115,7 @@ def synthetic_clip(
     limit = torch.tensor([photo.shape[-1] - 1, photo.shape[-2] - 1], dtype=torch.float64)
     if (seen < 0).any() or (seen > limit).any():
         raise ValueError(f"a {w}x{h} camera moving by {motion} for {frames} frames leaves the photo")
-    clip, _ = warp(photo[None].expand(frames, -1, -1, -1).float(), path)
+    clip, _ = warp(photo[None].expand(frames, -1, -1, -1).float(), path, size)
     generator = torch.Generator().manual_seed(seed)
     clip = clip + noise * torch.randn(clip.shape, generator=generator)
     clip = clip.clamp(0, 1).mul(255).round().div(255)
