@@ -14,6 +14,7 @@ checked to paint as strongly. The input clips' own warping error is printed as t
 from __future__ import annotations
 
 import argparse
+import math
 import statistics
 import sys
 from collections.abc import Callable, Iterator
@@ -21,6 +22,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
+from torchvision.transforms.v2.functional import gaussian_blur
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -68,6 +70,10 @@ def stylise_clip(stylizer: Stylizer, clip: torch.Tensor, option: str) -> torch.T
     if option == "first_frame_stats":
         with shared_instance_norm(stylizer.net, clip[:1], stylizer):
             return torch.cat([stylizer(clip[i : i + 4]) for i in range(0, len(clip), 4)])
+    if option.startswith("input_blur_"):
+        sigma = float(option.removeprefix("input_blur_"))
+        blurred = gaussian_blur(clip, [2 * math.ceil(2 * sigma) + 1] * 2, [sigma, sigma])
+        return stylise_clip(stylizer, blurred, "per_frame")
     if option.startswith("ema_stats_"):
         with smoothed_instance_norm(stylizer.net, float(option.removeprefix("ema_stats_"))):
             return torch.cat([stylizer(frame[None]) for frame in clip])
@@ -85,7 +91,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", nargs="+", default=["starry_night"], help="shipped model names or model files")
     parser.add_argument("--options", nargs="+", default=["per_frame", "first_frame_stats", "ema_stats_0.9"])
-    parser.add_argument("--photos", default=str(ROOT.parent / "shared" / "data" / "content" / "test"))
+    test_photos = ROOT.parent / "shared" / "data" / "content" / "test"
+    parser.add_argument("--photos", default=str(test_photos), help="a folder of photos or one photo")
     parser.add_argument("--limit", type=int, default=6, help="photos used")
     parser.add_argument("--frames", type=int, default=12)
     parser.add_argument("--size", type=int, nargs=2, default=[192, 256], help="frame height and width")
@@ -95,7 +102,8 @@ def main() -> None:
     parser.add_argument("--gif", help="write the first photo's pan, then its stylisations side by side, as a GIF")
     args = parser.parse_args()
     size = tuple(args.size)
-    photos = [photo_for(p, size) for p in find_images(args.photos)[: args.limit]]
+    source = Path(args.photos)
+    photos = [photo_for(p, size) for p in (find_images(source) if source.is_dir() else [source])[: args.limit]]
     clips = {
         (motion, i): synthetic_clip(photo, MOTIONS[motion], args.frames, size, args.noise, seed=i)
         for motion in MOTIONS
