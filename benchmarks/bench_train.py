@@ -53,7 +53,7 @@ def training_step(
         if module.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()
         with torch.autocast(batch.device.type, dtype=dtype) if dtype else nullcontext():
-            total, _ = module._train_loss(batch)
+            total, _, _ = module._train_loss(batch)
         total.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)

@@ -52,6 +52,7 @@ class DistillModule(StyleTransferModule):
         compile_mode: str = "auto",
         perceptual_weight: float = 0.0,
         style_loss_weight: float = 0.0,
+        temporal_weight: float = 0.0,
     ) -> None:
         if not teacher:
             raise UserError("teacher is not set: pass teacher=<shipped model name or model file>")
@@ -63,7 +64,16 @@ class DistillModule(StyleTransferModule):
         name = (style or {}).get("name") or f"{meta['style']}_fast"
         student_style = {"name": name, "image": meta.get("style_image")}
         super().__init__(
-            net, meta["loss"], student_style, lr, scheduler, channels_last, init_from, compile, compile_mode
+            net,
+            meta["loss"],
+            student_style,
+            lr,
+            scheduler,
+            channels_last,
+            init_from,
+            compile,
+            compile_mode,
+            temporal_weight,
         )
         self.teacher = teacher_net.requires_grad_(False)
         self.name = name
@@ -125,13 +135,17 @@ class DistillModule(StyleTransferModule):
             loss = loss + self.hparams.style_loss_weight * terms.total
         return loss
 
-    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        loss = self.distillation_loss(*self.outputs(images), images)
-        return loss, {"distill": loss}
+    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        output, target = self.outputs(images)
+        loss = self.distillation_loss(output, target, images)
+        return loss, {"distill": loss}, output
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         output, target = self.outputs(batch)
-        self.log("val/distill", self.distillation_loss(output, target, batch), sync_dist=True)
+        logged = {"distill": self.distillation_loss(output, target, batch)}
+        if self.hparams.temporal_weight:
+            logged["temporal"] = self.temporal_term(batch, output, seed=batch_idx)
+        self.log_dict({f"val/{key}": value for key, value in logged.items()}, sync_dist=True)
         self._val_outputs.append(output.float().cpu())
         if self.targets_grid is None:
             self.targets_grid = make_grid(target.float().cpu(), nrow=len(target))
@@ -151,5 +165,6 @@ class DistillModule(StyleTransferModule):
             "steps": int(self.global_step),
             "lr": self.hparams.lr,
             "scheduler": self.hparams.scheduler,
+            "temporal_weight": self.hparams.temporal_weight,
             "teacher": self.teacher_info,
         }

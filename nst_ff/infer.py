@@ -1,4 +1,4 @@
-"""The infer.py command: stylise files and folders with a model, never losing data on bad input."""
+"""The infer.py command: stylise photos, videos and folders with a model, never losing data on bad input."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import os
 import sys
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -29,10 +30,13 @@ from nst_ff.images import (
 from nst_ff.paths import models_dir
 from nst_ff.pipeline import Writer, batched, read_ahead
 from nst_ff.stylize import Stylizer
+from nst_ff.video import VIDEO_EXTENSIONS, VideoError, is_video, stylize_video, video_megapixels
 
 # Speed classes by arithmetic per 1024x1024 image, which sets CPU time (measured on 2 AVX-512 cores:
 # full 322 GFLOP ~0.6 s bf16, fast 47 GFLOP ~0.2 s; benchmarks/bench_cpu.py).
 FAST_GFLOP = 100
+# Videos are stylised as videos, beside photos in folder runs.
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 
 def gflop_per_megapixel(net: torch.nn.Module, size: int = 64) -> float:
@@ -100,18 +104,21 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     """(input, output) file pairs. A folder keeps its relative tree under the output folder; earlier output
     folders inside it, and this run's own output folder, are not inputs."""
     single_file = len(inputs) == 1 and inputs[0].is_file()
-    if single_file and (output is None or output.suffix.lower() in IMAGE_EXTENSIONS):
+    if single_file and (output is None or output.suffix.lower() in MEDIA_EXTENSIONS):
         source = inputs[0]
+        if output is not None and is_video(source) != is_video(output):
+            kind, extensions = ("video", VIDEO_EXTENSIONS) if is_video(source) else ("image", IMAGE_EXTENSIONS)
+            raise UserError(f"{output}: the output of {source} must be a {kind} file ({', '.join(extensions)})")
         return [(source, output or source.with_name(f"{source.stem}_{model_name}{source.suffix}"))]
-    if output is not None and output.suffix.lower() in IMAGE_EXTENSIONS:
-        raise UserError(f"{output}: several inputs need an output folder, not an image file name")
+    if output is not None and output.suffix.lower() in MEDIA_EXTENSIONS:
+        raise UserError(f"{output}: several inputs need an output folder, not a file name")
     pairs = []
     for source in inputs:
         if source.is_dir():
             target = folder_target(source, output, model_name)
             pairs += [
                 (f, target / f.relative_to(source))
-                for f in find_images(source)
+                for f in find_images(source, MEDIA_EXTENSIONS)
                 if not f.resolve().is_relative_to(target.resolve()) and not _is_output(f, source)
             ]
         else:
@@ -135,7 +142,8 @@ def run(cfg: dict) -> int:
     output = Path(str(cfg["output"])).expanduser() if cfg.get("output") else None
     pairs = plan(inputs, output, model_path.stem)
     if not pairs:
-        raise UserError(f"{', '.join(map(str, inputs))}: no images found ({', '.join(IMAGE_EXTENSIONS)})")
+        found = ", ".join(MEDIA_EXTENSIONS)
+        raise UserError(f"{', '.join(map(str, inputs))}: no images or videos found ({found})")
     for source in inputs:
         if source.is_dir():
             mark_output_folder(folder_target(source, output, model_path.stem))
@@ -160,22 +168,34 @@ def run(cfg: dict) -> int:
     )
     options = {key: cfg[key] for key in ("strength", "preserve_color", "max_size")}
     start = time.perf_counter()
-    written = stylize_files(stylizer, todo, options, failures)
+    images = [(source, target) for source, target in todo if not is_video(source)]
+    written = stylize_files(stylizer, images, options, failures)
     if written > 1:
         seconds = time.perf_counter() - start
         print(f"{written} image(s) in {seconds:.1f} s ({written / seconds:.1f} images/s)", file=sys.stderr)
+    stylize_frames = partial(stylizer.stylize_batch, **options)
+    for source, target in todo:
+        if is_video(source):
+            try:
+                frames = stylize_video(source, target, stylize_frames, device=stylizer.device, **cfg["video"])
+                print(f"wrote {target} ({frames} frames)")
+            except VideoError as error:
+                failures.append(str(error))
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     if failures:
-        print(f"{len(failures)} of {len(pairs)} image(s) failed", file=sys.stderr)
+        print(f"{len(failures)} of {len(pairs)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
 
 
 def megapixels(files: list[Path]) -> float:
-    """The pixels of ``files`` in millions, from their headers (unreadable files count nothing)."""
+    """The pixels of ``files`` (a video's: all its frames) in millions, from their headers (unreadable files
+    count nothing)."""
 
-    def pixels(path: Path) -> int:
+    def pixels(path: Path) -> float:
         try:
+            if is_video(path):
+                return video_megapixels(path) * 1e6
             with Image.open(path) as image:
                 return image.width * image.height
         except Exception:  # any failure: the file is reported when it is read for real

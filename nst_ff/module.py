@@ -25,6 +25,7 @@ from nst_ff.files import file_sha256
 from nst_ff.net import TransformerNet
 from nst_ff.perceptual import LossTerms, PerceptualLoss
 from nst_ff.schema import SCHEDULERS
+from nst_ff.temporal import temporal_consistency_loss
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +52,10 @@ class StyleTransferModule(pl.LightningModule):
     None picks the device's fastest layout; ``compile`` (true, false or auto: where it pays off within
     ``trainer.max_steps``) compiles the training step with ``compile_mode`` (auto: CUDA graphs on CUDA,
     where every step has the same crop size). Validation stays eager (other sizes, no gradients).
+
+    ``temporal_weight`` adds the temporal consistency term of ``nst_ff.temporal`` (stable video): the
+    network must commute with small random camera motions of the photos. It runs beside the compiled
+    loss, eagerly, since its motions are drawn on the host from the step number.
     """
 
     def __init__(
@@ -64,6 +69,7 @@ class StyleTransferModule(pl.LightningModule):
         init_from: str | None = None,
         compile: bool | str = "auto",
         compile_mode: str = "auto",
+        temporal_weight: float = 0.0,
     ) -> None:
         super().__init__()
         if scheduler not in SCHEDULERS:
@@ -129,16 +135,24 @@ class StyleTransferModule(pl.LightningModule):
         values.update({f"style/{name}": value for name, value in terms.style_layers.items()})
         return values
 
-    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """A training step's loss and the values logged under ``train/`` (compiled as one graph where
-        ``compile`` says so)."""
-        _, terms = self.compute_losses(images)
-        return terms.total, self.logged_terms(terms)
+    def training_loss(self, images: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor], torch.Tensor]:
+        """A training step's loss, the values logged under ``train/`` and the network's output (compiled as
+        one graph where ``compile`` says so)."""
+        output, terms = self.compute_losses(images)
+        return terms.total, self.logged_terms(terms), output
+
+    def temporal_term(self, images: torch.Tensor, output: torch.Tensor, seed: int) -> torch.Tensor:
+        """The unweighted temporal consistency term of ``output = net(images)``, with motions and noise drawn
+        from ``seed`` (the step: a resumed run draws what an uninterrupted one would)."""
+        return temporal_consistency_loss(self.forward, images, output, torch.Generator().manual_seed(seed))
 
     def training_step(self, batch: torch.Tensor, batch_idx: int) -> torch.Tensor:
         if self.compile_mode == "reduce-overhead":
             torch.compiler.cudagraph_mark_step_begin()  # a new step: last step's graph outputs are done with
-        total, logged = self._train_loss(batch)
+        total, logged, output = self._train_loss(batch)
+        if self.hparams.temporal_weight:
+            logged = {**logged, "temporal": self.temporal_term(batch, output, seed=self.global_step)}
+            total = total + self.hparams.temporal_weight * logged["temporal"]
         # Tensors on the device: Lightning reads them only every trainer.log_every_n_steps, so no step
         # waits for the GPU to catch up just to log.
         self.log_dict({f"train/{key}": value for key, value in logged.items()})
@@ -161,7 +175,10 @@ class StyleTransferModule(pl.LightningModule):
 
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         output, terms = self.compute_losses(batch)
-        self.log_dict({f"val/{key}": value for key, value in self.logged_terms(terms).items()}, sync_dist=True)
+        logged = self.logged_terms(terms)
+        if self.hparams.temporal_weight:  # the same motions at every validation
+            logged["temporal"] = self.temporal_term(batch, output, seed=batch_idx)
+        self.log_dict({f"val/{key}": value for key, value in logged.items()}, sync_dist=True)
         self._val_outputs.append(output.float().cpu())
 
     def on_validation_epoch_end(self) -> None:
@@ -209,4 +226,5 @@ class StyleTransferModule(pl.LightningModule):
             "steps": int(self.global_step),
             "lr": self.hparams.lr,
             "scheduler": self.hparams.scheduler,
+            "temporal_weight": self.hparams.temporal_weight,
         }

@@ -179,11 +179,12 @@ class ModelConfig:
     teacher: str | None = None
     perceptual_weight: float = 0.0
     style_loss_weight: float = 0.0
+    temporal_weight: float = 0.0  # stable video (nst_ff.temporal)
 
     def validate(self) -> None:
         require(self.lr > 0, "model.lr", self.lr, "must be more than 0")
         check_compile("model.compile", self.compile)
-        for key in ("perceptual_weight", "style_loss_weight"):
+        for key in ("perceptual_weight", "style_loss_weight", "temporal_weight"):
             require(getattr(self, key) >= 0, f"model.{key}", getattr(self, key), "must be 0 or more")
         require(self.compile_mode in COMPILE_MODES, "model.compile_mode", self.compile_mode, f"one of {COMPILE_MODES}")
 
@@ -264,6 +265,26 @@ class TrainConfig:
 
 
 @dataclass
+class VideoConfig:
+    """How infer writes videos (``nst_ff.video.stylize_video``)."""
+
+    batch_size: int = 4
+    crf: int | None = None
+    preset: str = "medium"
+    speed: int = 4
+    audio: bool = True
+
+    def validate(self) -> None:
+        from nst_ff.video import X264_PRESETS  # importing PyAV is the infer command's cost, not every command's
+
+        require(self.batch_size >= 1, "video.batch_size", self.batch_size, "must be 1 or more frames")
+        allowed = "0 (lossless) to 51 (H.264) or 63 (VP9); lower is better and larger; null: the default"
+        require(self.crf is None or 0 <= self.crf <= 63, "video.crf", self.crf, allowed)
+        require(self.preset in X264_PRESETS, "video.preset", self.preset, f"one of {', '.join(X264_PRESETS)}")
+        require(0 <= self.speed <= 8, "video.speed", self.speed, "0 (slowest, smallest) to 8")
+
+
+@dataclass
 class InferConfig:
     model: str | None = None
     input: Any = None
@@ -279,6 +300,7 @@ class InferConfig:
     tile_size: int = 1024
     tile_overlap: int = 64
     list: bool = False
+    video: VideoConfig = field(default_factory=VideoConfig)
 
     def validate(self) -> None:
         if self.list:

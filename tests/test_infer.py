@@ -59,7 +59,7 @@ def test_folder_keeps_tree_skips_bad_files_and_lists_failures(model: Path, tmp_p
     assert written == [".nst-ff-output", "coffee.jpg", "nested/cat.png", "nested/rocket.JPG"]
     assert Image.open(out / "nested" / "cat.png").mode == "RGBA"
     assert "broken.jpg" in result.stderr and "empty.png" in result.stderr
-    assert "2 of 5 image(s) failed" in result.stderr and "Traceback" not in result.stderr
+    assert "2 of 5 file(s) failed" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_existing_outputs_are_kept_unless_overwrite(model: Path, tmp_path: Path) -> None:

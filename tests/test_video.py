@@ -1,0 +1,195 @@
+"""Videos: clips with sound round-trip through every output type, bad files give one line, interruptions
+leave nothing behind."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from typing import Any
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from nst_ff.images import load_image
+from nst_ff.temporal import MOTIONS, synthetic_clip
+from nst_ff.video import VideoError, stylize_video
+from tests.conftest import SAMPLES
+from tests.test_infer import infer, model  # noqa: F401 (the tiny model fixture)
+
+FPS = 25
+SAMPLE_RATE = 48000
+
+
+def make_clip(
+    path: Path, seconds: int = 2, size: tuple[int, int] = (120, 160), audio: bool = True, rotation: int = 0
+) -> None:
+    """A pan over a sample photo, H.264 at 25 frames/s, with a 440 Hz stereo AAC tone as long as the video;
+    ``rotation``: a display rotation, as phones record."""
+    photo = load_image(SAMPLES / "rocket.jpg")[0]
+    frames, _ = synthetic_clip(photo, MOTIONS["pan"], seconds * FPS, size)
+    with av.open(str(path), "w") as out:
+        video = out.add_stream("libx264", rate=FPS)
+        video.height, video.width = size
+        video.pix_fmt = "yuv444p" if size[0] % 2 or size[1] % 2 else "yuv420p"
+        if rotation:
+            video.set_display_rotation(rotation)
+        sound = out.add_stream("aac", rate=SAMPLE_RATE, layout="stereo") if audio else None
+        for i, frame in enumerate(frames):
+            rgb = frame.mul(255).round().byte().permute(1, 2, 0).numpy()
+            picture = av.VideoFrame.from_ndarray(rgb, format="rgb24")
+            picture.pts = i
+            out.mux(video.encode(picture))
+        out.mux(video.encode(None))
+        if sound is not None:
+            tone = (0.2 * np.sin(2 * np.pi * 440 * np.arange(seconds * SAMPLE_RATE) / SAMPLE_RATE)).astype(np.float32)
+            for start in range(0, len(tone), 1024):
+                chunk = tone[start : start + 1024]
+                samples = av.AudioFrame.from_ndarray(np.stack([chunk, chunk]), format="fltp", layout="stereo")
+                samples.sample_rate, samples.pts = SAMPLE_RATE, start
+                out.mux(sound.encode(samples))
+            out.mux(sound.encode(None))
+
+
+def describe(path: Path) -> dict[str, Any]:
+    """Decoded to the end: size, frames, rate, codec, the audio's codec and duration, and the frames."""
+    with av.open(str(path)) as container:
+        video = container.streams.video[0]
+        audio = container.streams.audio
+        frames, samples, rotations = [], 0, set()
+        for packet in container.demux(video, *audio):
+            for decoded in packet.decode():
+                if packet.stream.type == "video":
+                    frames.append(decoded.to_ndarray(format="rgb24"))
+                    rotations.add(decoded.rotation)
+                else:
+                    samples += decoded.samples
+        return {
+            "rotations": rotations,
+            "size": (video.codec_context.height, video.codec_context.width),
+            "frames": len(frames),
+            "rate": video.average_rate,
+            "codec": video.codec_context.name,
+            "audio": [(a.codec_context.name, round(samples / a.sample_rate, 2)) for a in audio],
+            "pixels": np.stack(frames).astype(np.float64),
+        }
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255**2 / np.mean((a - b) ** 2)))
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("clip") / "clip.mp4"
+    make_clip(path)
+    return path
+
+
+def identity(frames: torch.Tensor) -> torch.Tensor:
+    return frames
+
+
+def test_clip_with_sound_round_trips_through_infer(model: Path, clip: Path, tmp_path: Path) -> None:  # noqa: F811
+    source = tmp_path / "clip.mp4"
+    shutil.copy(clip, source)
+    result = infer(f"model={model}", f"input={source}", "video.batch_size=3")  # 50 frames: a partial last batch
+    out = tmp_path / "clip_tiny.mp4"
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout
+    before, after = describe(source), describe(out)
+    assert after["size"] == before["size"] == (120, 160)
+    assert after["frames"] == before["frames"] == 2 * FPS
+    assert after["rate"] == before["rate"] == FPS
+    assert after["codec"] == "h264"
+    assert after["audio"] == before["audio"] == [("aac", 2.01)]  # copied: AAC's 1024-sample frames end at 2.005 s
+    assert psnr(after["pixels"], before["pixels"]) < 20  # stylised, not copied
+
+
+@pytest.mark.parametrize(
+    ("name", "size", "codec", "audio"),
+    [
+        ("out.mov", (120, 160), "h264", True),
+        ("out.mkv", (121, 161), "h264", True),  # odd sizes kept exactly (4:4:4)
+        ("out.avi", (120, 160), "h264", True),
+        ("out.webm", (121, 161), "vp9", False),  # WebM cannot hold AAC
+        ("out.gif", (120, 160), "gif", False),
+    ],
+)
+def test_every_output_type_keeps_size_rate_frames_and_pixels(
+    tmp_path: Path, name: str, size: tuple[int, int], codec: str, audio: bool
+) -> None:
+    source = tmp_path / "in.mp4"
+    make_clip(source, seconds=1, size=size)
+    assert stylize_video(source, tmp_path / name, identity, audio=audio, progress=False) == FPS
+    before, after = describe(source), describe(tmp_path / name)
+    assert (after["size"], after["frames"], after["rate"], after["codec"]) == (size, FPS, FPS, codec)
+    if audio:
+        # The same packets; MP4 trims AAC's 1024 priming samples (an edit list), Matroska and AVI play them.
+        (codec_in, seconds_in), (codec_out, seconds_out) = before["audio"][0], after["audio"][0]
+        assert codec_out == codec_in and abs(seconds_out - seconds_in) <= 1024 / SAMPLE_RATE + 0.01
+    else:
+        assert after["audio"] == []
+    assert psnr(after["pixels"], before["pixels"]) > 30  # colours and orientation survive the conversions
+
+
+def test_webm_with_aac_sound_says_what_to_do(clip: Path, tmp_path: Path) -> None:
+    with pytest.raises(VideoError, match=r"aac audio may not fit: write \.mkv, or video\.audio=false"):
+        stylize_video(clip, tmp_path / "out.webm", identity, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_broken_empty_and_unsupported_files_give_one_line(clip: Path, tmp_path: Path) -> None:
+    cases = {
+        "empty.mp4": b"",
+        "truncated.mp4": clip.read_bytes()[: len(clip.read_bytes()) // 2],
+        "noise.mkv": np.random.default_rng(0).integers(0, 256, 10000, dtype=np.uint8).tobytes(),
+        "text.avi": b"not a video at all\n" * 100,
+    }
+    for name, data in cases.items():
+        (tmp_path / name).write_bytes(data)
+    sound_only = tmp_path / "sound.mkv"
+    with av.open(str(sound_only), "w") as out:
+        stream = out.add_stream("pcm_s16le", rate=8000, layout="mono")
+        samples = av.AudioFrame.from_ndarray(np.zeros((1, 800), np.int16), format="s16", layout="mono")
+        samples.sample_rate = 8000
+        out.mux(stream.encode(samples))
+    messages = {}
+    for source in [*(tmp_path / name for name in cases), sound_only, tmp_path / "missing.mp4"]:
+        target = tmp_path / f"{source.stem}_out.mp4"
+        with pytest.raises(VideoError) as error:
+            stylize_video(source, target, identity, progress=False)
+        messages[source.name] = message = str(error.value)
+        assert message.startswith(f"{source}: ") and "\n" not in message, message
+        assert not target.exists()
+    assert "has no video stream" in messages["sound.mkv"] and "no such file" in messages["missing.mp4"]
+
+
+def test_interrupted_run_leaves_no_output_and_keeps_an_old_one(clip: Path, tmp_path: Path) -> None:
+    calls = 0
+
+    def interrupted(frames: torch.Tensor) -> torch.Tensor:
+        nonlocal calls
+        calls += 1
+        if calls == 3:
+            raise KeyboardInterrupt
+        return frames
+
+    target = tmp_path / "out.mp4"
+    with pytest.raises(KeyboardInterrupt):
+        stylize_video(clip, target, interrupted, batch_size=4, progress=False)
+    assert list(tmp_path.iterdir()) == []  # neither the output nor its temporary file
+    target.write_bytes(b"previous result")
+    calls = 0
+    with pytest.raises(KeyboardInterrupt):
+        stylize_video(clip, target, interrupted, batch_size=4, progress=False)
+    assert list(tmp_path.iterdir()) == [target] and target.read_bytes() == b"previous result"
+
+
+def test_phone_rotation_is_kept(tmp_path: Path) -> None:
+    source = tmp_path / "portrait.mp4"
+    make_clip(source, seconds=1, audio=False, rotation=-90)
+    stylize_video(source, tmp_path / "out.mkv", identity, progress=False)
+    after = describe(tmp_path / "out.mkv")
+    assert (after["size"], after["frames"], after["rotations"]) == ((120, 160), FPS, {-90})
