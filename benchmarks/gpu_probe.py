@@ -65,6 +65,8 @@ GPU = {
         "batch 4": ["data.batch_size=4", "model.lr=1e-3", "trainer.max_steps=4000", "trainer.val_check_interval=400"],
     },
     "run_extra": [],
+    # 1080p clip (seconds), frames per batch, H.264 presets: the default, and a fast one in case encoding binds.
+    "video": (4, 16, ["medium", "veryfast"]),
 }
 SMOKE = {
     "sizes": [32, 48],
@@ -73,6 +75,7 @@ SMOKE = {
     "crop": 32,
     "step_repeats": 2,
     "folder": (3, 64),
+    "video": (1, 2, ["ultrafast"]),
     "runs": {
         "gpu_fast (batch 16)": ["data.batch_size=4", "trainer.max_steps=4", "trainer.val_check_interval=2"],
         "batch 4": ["data.batch_size=2", "trainer.max_steps=8", "trainer.val_check_interval=4"],
@@ -292,6 +295,43 @@ class Probe:
             }
         return {"photos": f"{count} JPEGs of {size}x{size}", "runs": runs}
 
+    def video(self) -> dict[str, Any]:
+        """1080p frames through the full model, compiled, the way nst_ff.video moves them (uint8 to the device,
+        uint8 back). With PyAV on the machine: a whole clip end to end (benchmarks/bench_video.py). Without
+        it (its 36 MB wheel does not fit in the device call beside the repository): the network and the
+        transfers alone, the part a GPU changes."""
+        seconds, batch, presets = self.setup["video"]
+        height, width = (72, 128) if self.args.cpu_smoke else (1080, 1920)
+        try:
+            import av  # noqa: F401
+        except ImportError:
+            net, _ = load_model(SHIPPED)
+            stylizer = Stylizer(net, device=str(self.device), compile=True)
+            photo = load_image(ROOT / "assets" / "samples" / "rocket.jpg")
+            frame = nn.functional.interpolate(photo, size=(height, width), mode="bicubic").clamp(0, 1)
+            frames = frame.mul(255).round().byte().permute(0, 2, 3, 1).expand(batch, -1, -1, -1).contiguous()
+            frames = frames.pin_memory() if self.device.type == "cuda" else frames
+
+            def step() -> torch.Tensor:
+                images = frames.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255)
+                out = stylizer.stylize_batch(images)
+                return out.mul(255).round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).cpu()
+
+            self.fresh()
+            with torch.inference_mode():
+                result = self.timed(step, self.setup["infer_repeats"])
+            row = {"size": f"{height}p", "batch": batch, "network_and_transfers_fps": batch / result["ms"] * 1000}
+            return {"rows": [{**row, **result, "peak_mb": self.peak()}], "codec": "PyAV not installed: no codec"}
+        rows = []
+        self.out.mkdir(parents=True, exist_ok=True)
+        for preset in presets:
+            report = self.out / f"video_{preset}.json"
+            args = ["benchmarks/bench_video.py", "--model", "starry_night", "--device", str(self.device)]
+            args += ["--heights", str(height), "--seconds", str(seconds), "--batch-size", str(batch)]
+            self.command([*args, "--preset", preset, "--compile", "--json", str(report)], self.left() - 5)
+            rows += [{"preset": preset, **row} for row in json.loads(report.read_text())["rows"]]
+        return {"rows": rows}
+
     def train_runs(self) -> dict[str, Any]:
         runs = {}
         for name, overrides in self.setup["runs"].items():
@@ -445,6 +485,18 @@ def summary(results: dict[str, Any]) -> str:
             f"({run['images_per_s_whole_process']:.1f} images/s), "
             f"{run['images_per_s_after_start']} images/s after start-up"
         )
+    for row in results.get("video", {}).get("rows", []):
+        if "network_and_transfers_fps" in row:
+            lines.append(
+                f"video {row['size']}, batch {row['batch']}: {row['network_and_transfers_fps']:.0f} frames/s network "
+                "and uint8 transfers (no codec: PyAV not on the machine)"
+            )
+            continue
+        parts = f"network alone {row.get('network_fps', 0):.0f}, decode+encode alone {row.get('codec_fps', 0):.0f}"
+        lines.append(
+            f"video {row['size']} {row['seconds']} s, preset {row['preset']}: "
+            f"{row['end_to_end_fps']:.0f} frames/s end to end ({parts})"
+        )
     for name, run in results.get("train_runs", {}).items():
         if isinstance(run, dict) and "wall_s_command_to_export" in run:
             lines.append(
@@ -477,6 +529,7 @@ def main() -> None:
     probe.part("inference", 60, probe.inference)
     probe.part("training_steps", 90, probe.training_steps)
     probe.part("infer_folder", 40, probe.infer_folder)
+    probe.part("video", 60, probe.video)
     probe.part("train_runs", 60, probe.train_runs)
     print(summary(probe.results), flush=True)
     print(f"results: {probe.out / 'gpu_probe.json'}", flush=True)
