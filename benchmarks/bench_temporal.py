@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 from torchvision.transforms.v2.functional import gaussian_blur
+from torchvision.utils import make_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -34,7 +35,7 @@ from nst_ff.images import find_images, load_image, resize, to_pil  # noqa: E402
 from nst_ff.net import InstanceNorm  # noqa: E402
 from nst_ff.perceptual import PerceptualLoss  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
-from nst_ff.temporal import MOTIONS, synthetic_clip, warping_error  # noqa: E402
+from nst_ff.temporal import MOTIONS, synthetic_clip, warp, warping_error  # noqa: E402
 from nst_ff.tiling import shared_instance_norm  # noqa: E402
 
 Stylise = Callable[[torch.Tensor], torch.Tensor]
@@ -100,6 +101,11 @@ def main() -> None:
     parser.add_argument("--precision", default="fp32")
     parser.add_argument("--json")
     parser.add_argument("--gif", help="write the first photo's pan, then its stylisations side by side, as a GIF")
+    parser.add_argument(
+        "--strip",
+        help="write 4 frames of the first photo's pan, a row per panel, each stylisation followed by its warping "
+        "differences (|frame - previous frame moved|, x4): flicker shows as bright texture (JPEG or PNG)",
+    )
     args = parser.parse_args()
     size = tuple(args.size)
     source = Path(args.photos)
@@ -153,6 +159,17 @@ def main() -> None:
     if args.gif:
         frames = [to_pil(frame) for frame in torch.cat(panels, dim=-1)]
         frames[0].save(args.gif, save_all=True, append_images=frames[1:], duration=80, loop=0, optimize=True)
+    if args.strip:
+        write_strip(args.strip, panels, clips["pan", 0][1])
+
+
+def write_strip(path: str, panels: list[torch.Tensor], to_previous: torch.Tensor, count: int = 4) -> None:
+    """Frames 1..count of each panel in a row; under each stylised row, its warping differences."""
+    rows = [panels[0][1 : count + 1]]
+    for frames in panels[1:]:
+        moved, valid = warp(frames[:count].float(), to_previous[:count])
+        rows += [frames[1 : count + 1], ((frames[1 : count + 1] - moved).abs() * 4 * valid).clamp(0, 1)]
+    to_pil(make_grid(torch.cat(rows), nrow=count, padding=4, pad_value=1.0)).save(path, quality=80)
 
 
 if __name__ == "__main__":

@@ -193,3 +193,17 @@ def test_phone_rotation_is_kept(tmp_path: Path) -> None:
     stylize_video(source, tmp_path / "out.mkv", identity, progress=False)
     after = describe(tmp_path / "out.mkv")
     assert (after["size"], after["frames"], after["rotations"]) == ((120, 160), FPS, {-90})
+
+
+def test_a_folder_run_stylises_videos_as_videos_beside_photos(model: Path, clip: Path, tmp_path: Path) -> None:  # noqa: F811
+    folder = tmp_path / "holiday"
+    (folder / "day2").mkdir(parents=True)
+    shutil.copy(clip, folder / "day2" / "clip.mp4")
+    shutil.copy(SAMPLES / "coffee.jpg", folder / "coffee.jpg")
+    (folder / "broken.mov").write_bytes(b"not a video")
+    result = infer(f"model={model}", f"input={folder}")
+    out = tmp_path / "holiday_tiny"
+    assert result.returncode == 1 and "broken.mov: not a readable video" in result.stderr
+    assert "1 of 3 file(s) failed" in result.stderr and "Traceback" not in result.stderr
+    assert (out / "coffee.jpg").is_file() and not (out / "broken.mov").exists()
+    assert describe(out / "day2" / "clip.mp4")["frames"] == 2 * FPS
