@@ -296,7 +296,7 @@ class InferConfig:
     device: str = "auto"
     precision: Precision = Precision.auto  # type: ignore[attr-defined]
     compile: Any = "auto"
-    tile_above: int = 4096 * 4096
+    tile_above: Any = "auto"
     tile_size: int = 1024
     tile_overlap: int = 64
     list: bool = False
@@ -311,7 +311,8 @@ class InferConfig:
         check_max_size("max_size", self.max_size)
         check_device("device", self.device)
         check_compile("compile", self.compile)
-        require(self.tile_above >= 1, "tile_above", self.tile_above, "must be 1 or more pixels")
+        pixels = self.tile_above == "auto" or (isinstance(self.tile_above, int) and self.tile_above >= 1)
+        require(pixels, "tile_above", self.tile_above, "auto (the device's choice) or 1 or more pixels")
         require(self.tile_size >= 64, "tile_size", self.tile_size, "must be 64 or more")
         require(0 <= self.tile_overlap < self.tile_size // 2, "tile_overlap", self.tile_overlap, "0 to tile_size/2")
 

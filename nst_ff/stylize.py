@@ -15,7 +15,7 @@ from PIL import Image
 
 from nst_ff.color import preserve_colors
 from nst_ff.device import keep_freed_memory, resolve_device
-from nst_ff.execution import compiled, inference_execution
+from nst_ff.execution import compiled, inference_execution, tile_above_pixels
 from nst_ff.export import load_model
 from nst_ff.images import Picture, decode, long_side_size, resize, to_pil
 from nst_ff.net import TransformerNet
@@ -34,7 +34,8 @@ class Stylizer:
     The Stylizer works on its own copy of ``net``. ``compile=True`` adds torch.compile with dynamic
     shapes (one compilation serves every size; ``nst_ff.execution.compile_inference`` says when it pays
     off); ``fast_allocator`` keeps freed memory for reuse on CPU (``nst_ff.device.keep_freed_memory``).
-    Images of more than ``tile_above`` pixels are stylised in tiles (``nst_ff.tiling``).
+    Images of more than ``tile_above`` pixels (``auto``: the device's memory policy,
+    ``nst_ff.execution.tile_above_pixels``) are stylised in tiles (``nst_ff.tiling``).
     """
 
     def __init__(
@@ -45,7 +46,7 @@ class Stylizer:
         channels_last: bool | None = None,
         compile: bool = False,
         fast_allocator: bool = True,
-        tile_above: int = 4096 * 4096,
+        tile_above: int | str = "auto",
         tile_size: int = 1024,
         tile_overlap: int = 64,
     ) -> None:
@@ -60,7 +61,7 @@ class Stylizer:
         self.forward = compiled(self.net, dynamic=True) if compile else self.net
         # Tiles share statistics through TransformerNet's InstanceNorm modules; a net without them (an ONNX
         # export run by onnxruntime) stylises whole images.
-        self.tile_above = tile_above if isinstance(net, TransformerNet) else math.inf
+        self.tile_above = tile_above_pixels(tile_above, self.device) if isinstance(net, TransformerNet) else math.inf
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
 
     @classmethod

@@ -102,6 +102,7 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         ("infer", ["strength=abc"], "strength=abc: Value 'abc' of type 'str' could not be converted to Float"),
         ("infer", ["+colour=1"], "colour: no such option; options here: model, input, output"),
         ("infer", ["model=null"], "model: required"),
+        ("infer", ["tile_above=0"], "tile_above=0: auto (the device's choice) or 1 or more pixels"),
         ("infer", ["video.preset=quick"], "video.preset=quick: one of ultrafast, superfast"),
         ("infer", ["video.crf=70"], "video.crf=70: 0 (lossless) to 51 (H.264) or 63 (VP9)"),
         ("infer", ["video.batch_size=0"], "video.batch_size=0: must be 1 or more frames"),

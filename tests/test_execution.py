@@ -183,3 +183,14 @@ def test_ddp_does_not_broadcast_the_frozen_buffers(monkeypatch: pytest.MonkeyPat
     finally:
         dist.destroy_process_group()
     assert counts == {"default": 1, "ours": 0}
+
+
+def test_tile_threshold_keeps_cpu_memory_bounded_and_gpu_images_whole() -> None:
+    from nst_ff.execution import tile_above_pixels
+    from nst_ff.net import TransformerNet
+    from nst_ff.stylize import Stylizer
+
+    assert tile_above_pixels("auto", torch.device("cpu")) == 2048 * 2048
+    assert tile_above_pixels("auto", torch.device("cuda")) == 4096 * 4096
+    assert tile_above_pixels(1000, torch.device("cuda")) == 1000
+    assert Stylizer(TransformerNet(channels=8, num_res_blocks=1), device="cpu").tile_above == 2048 * 2048
