@@ -71,6 +71,25 @@ def _hydra_message(error: Exception, config_dir: Path, config_name: str, overrid
     return f"{wrong}: no such option{known} (a new key needs a +: +{wrong.lstrip('+~')})"
 
 
+# Hydra's own flags that take the next argument as their value (``--cfg job``, ``-cn other``); ``--info`` may.
+_FLAGS_WITH_VALUE = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn"}
+_FLAGS_WITH_VALUE |= {"--config-dir", "-cd", "--experimental-rerun"}
+_INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
+
+
+def task_overrides(arguments: list[str]) -> list[str]:
+    """The key=value overrides among the command line's ``arguments``, without Hydra's flags and their values."""
+    task, after = [], None
+    for argument in arguments:
+        if after in _FLAGS_WITH_VALUE or (after in ("--info", "-i") and argument in _INFO_VALUES):
+            after = None
+            continue
+        after = argument
+        if not argument.startswith("-"):
+            task.append(argument)
+    return task
+
+
 def check_command_line(config_dir: Path, config_name: str, overrides: list[str]) -> None:
     """Compose the config as Hydra will, so that a misspelt key, an unknown group option or an override that
     does not parse stops the command with one line (exit 2) instead of Hydra's multi-line report."""
@@ -79,7 +98,7 @@ def check_command_line(config_dir: Path, config_name: str, overrides: list[str])
     from hydra.errors import HydraException
 
     parser = OverridesParser.create()
-    task = [o for o in overrides if not o.startswith("-")]
+    task = task_overrides(overrides)
     for override in task:
         try:
             parser.parse_override(override)
@@ -122,9 +141,10 @@ def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[s
     ``nst_ff.schema``): unknown keys, types and allowed values, then each dataclass's ``validate``. Values
     come back converted to their types; keys the config does not have are not added.
     Keys of ``open_nodes`` that the schema does not list are kept unchecked, for the caller to check."""
-    container = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True)
-    extra = _open_keys(schema, container, open_nodes)
     try:
+        # A mandatory value left unset (``???``) must stop here, not turn into the schema's default.
+        container = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, throw_on_missing=True)
+        extra = _open_keys(schema, container, open_nodes)
         merged = OmegaConf.merge(OmegaConf.structured(schema), container)
         _validate_tree(OmegaConf.to_object(merged))
     except MissingMandatoryValue as error:

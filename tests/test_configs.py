@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from nst_ff.config import check_command_line, validate
+from nst_ff.config import check_command_line, task_overrides, validate
 from nst_ff.data import PhotoDataModule
 from nst_ff.errors import UserError
 from nst_ff.module import StyleTransferModule
@@ -124,6 +124,7 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         ("train", ["style.image=/no/painting.jpg"], "style.image=/no/painting.jpg: no such file"),
         ("train", ["+data.shuffle=false"], "data.shuffle: no such option; options here: _target_, root"),
         ("export", [], "model: required; set model=..."),
+        ("train", ["data.root=???"], "data.root: required; set data.root=..."),
         ("export", ["model=starry_night", "opset=24"], "opset=24: torch's exporter writes opsets 18 to 23"),
         ("serve", ["port=65536"], "port=65536: must be between 1 and 65535"),
         ("serve", ["host=my_pc"], "host=my_pc: give an IP address or a host name"),
@@ -193,3 +194,11 @@ def test_entry_points_print_one_line_and_exit_2(tmp_path: Path, script: str, arg
     assert result.returncode == 2, result.stderr[-2000:]
     assert result.stderr.startswith(f"error: {message}") and len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "run").exists()  # a command stopped by a mistake leaves no run folder
+
+
+def test_hydra_flags_and_their_values_are_not_taken_for_overrides() -> None:
+    arguments = ["--cfg", "job", "-cn", "train", "--info", "defaults", "--multirun", "seed=1", "--info", "data.root=x"]
+    assert task_overrides(arguments) == ["seed=1", "data.root=x"]
+    check_command_line(CONFIG_DIR, "train", ["--cfg", "job", f"data.root={SAMPLES}"])  # no error
+    with pytest.raises(ConfigError, match="cannot read this option"):
+        check_command_line(CONFIG_DIR, "train", ["--cfg", "job", "data.root"])
