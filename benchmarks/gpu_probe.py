@@ -101,6 +101,7 @@ class Probe:
         self.device = torch.device("cpu" if args.cpu_smoke else "cuda")
         self.deadline = time.monotonic() + args.budget
         self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
         self.work = Path(args.work)
         carry = Path(args.carry).resolve()
         self.photos = carry / "photos" if (carry / "photos").is_dir() else ROOT / "assets" / "samples"
@@ -323,7 +324,6 @@ class Probe:
             row = {"size": f"{height}p", "batch": batch, "network_and_transfers_fps": batch / result["ms"] * 1000}
             return {"rows": [{**row, **result, "peak_mb": self.peak()}], "codec": "PyAV not installed: no codec"}
         rows = []
-        self.out.mkdir(parents=True, exist_ok=True)
         for preset in presets:
             report = self.out / f"video_{preset}.json"
             args = ["benchmarks/bench_video.py", "--model", "starry_night", "--device", str(self.device)]

@@ -8,7 +8,7 @@ downloaded: they go to the git-ignored folder .gpu_probe/, which the device call
   (15 MB instead of 528 MB for torchvision's whole VGG-16); used with loss.weights.source=file.
 - whl/: hydra-core, omegaconf and antlr4 wheels (the machine has no Hydra), pure Python.
 - photos/: the BSDS training photos (../shared/data/content/train, which does not travel with the
-  repository), re-encoded at JPEG quality 85 so that repository and carried files stay under the
+  repository), re-encoded at JPEG quality 70 so that repository and carried files stay under the
   device call's 64 MiB.
 """
 
@@ -54,7 +54,7 @@ def make_photos(source: Path, folder: Path, quality: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--photos", default=str(ROOT.parent / "shared" / "data" / "content" / "train"))
-    parser.add_argument("--quality", type=int, default=85)
+    parser.add_argument("--quality", type=int, default=70)
     args = parser.parse_args()
     for sub in ("whl", "photos"):
         (CARRY / sub).mkdir(parents=True, exist_ok=True)
