@@ -90,9 +90,10 @@ def task_overrides(arguments: list[str]) -> list[str]:
     return task
 
 
-def check_command_line(config_dir: Path, config_name: str, overrides: list[str]) -> None:
+def check_command_line(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig | None:
     """Compose the config as Hydra will, so that a misspelt key, an unknown group option or an override that
-    does not parse stops the command with one line (exit 2) instead of Hydra's multi-line report."""
+    does not parse stops the command with one line (exit 2) instead of Hydra's multi-line report. Returns the
+    composed config (without its ``hydra`` node), or None for a sweep, which has one per combination."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -106,10 +107,10 @@ def check_command_line(config_dir: Path, config_name: str, overrides: list[str])
             reason = " ".join(str(error).split("\n")[0].split())
             raise ConfigError(f"{override}: cannot read this option ({reason}); write key=value") from None
     if any(o in ("-m", "--multirun") for o in overrides) or any("," in o for o in task):
-        return  # a sweep composes one config per combination; Hydra checks each when it starts it
+        return None  # Hydra checks each combination when it starts it
     try:
         with initialize_config_dir(str(config_dir), version_base="1.3"):
-            compose(config_name, overrides=task)
+            return compose(config_name, overrides=task)
     except (HydraException, OmegaConfBaseException) as error:
         raise ConfigError(_hydra_message(error, config_dir, config_name, task)) from None
 

@@ -33,14 +33,15 @@ from nst_ff.net import InstanceNorm
 COMPILE_SETTINGS = (True, False, "auto")
 
 # When compiling pays off within one job: (seconds a compilation costs, seconds it saves per unit of
-# work). Inference counts megapixels, training counts steps. CUDA: one H200 (issue 11): compiling the
-# fp16 network took 13 s and cut 1024 px from 7.7 to 3.4 ms; the batch-4 training step took 35 s to
-# compile and went from 31.2 to 14.3 ms (bf16). CPU: 2-core AVX2 EPYC (README): 13 to 66 s per graph,
-# 1024 px from 3.68 to 2.84 s; training is not compiled by default on CPUs (unmeasured gain). A warm
+# work). Inference counts megapixels, training counts steps. CUDA: one H200 (benchmarks/gpu_probe.sh and
+# its A/B, torch 2.11): compiling the fp16 network with static shapes took 10 s and cut 1024 px from 10.1
+# to 3.3 ms; the batch-4 training step took 52 s to compile and went from 20.6 to 9.9 ms (bf16). CPU:
+# 2-core AVX2 EPYC (README): 13 to 66 s per graph, 1024 px from 3.68 to 2.84 s; training is not compiled
+# by default on CPUs (unmeasured gain). A warm
 # compile cache (``compile_cache_dir``) makes later compilations several times cheaper; these
 # thresholds assume a cold one.
-_INFERENCE_COMPILE = {"cuda": (15.0, 0.0043), "cpu": (40.0, 0.84)}
-_TRAINING_COMPILE = {"cuda": (35.0, 0.017)}
+_INFERENCE_COMPILE = {"cuda": (10.0, 0.0065), "cpu": (40.0, 0.84)}
+_TRAINING_COMPILE = {"cuda": (52.0, 0.0107)}
 
 
 @dataclass(frozen=True)

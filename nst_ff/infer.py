@@ -27,10 +27,10 @@ from nst_ff.images import (
     to_uint8,
     write_picture,
 )
+from nst_ff.media import VIDEO_EXTENSIONS, is_video
 from nst_ff.paths import models_dir
 from nst_ff.pipeline import Writer, batched, read_ahead
 from nst_ff.stylize import Stylizer
-from nst_ff.video import VIDEO_EXTENSIONS, VideoError, is_video, stylize_video, video_megapixels
 
 # Speed classes by arithmetic per 1024x1024 image, which sets CPU time (measured on 2 AVX-512 cores:
 # full 322 GFLOP ~0.6 s bf16, fast 47 GFLOP ~0.2 s; benchmarks/bench_cpu.py).
@@ -176,6 +176,8 @@ def run(cfg: dict) -> int:
     stylize_frames = partial(stylizer.stylize_batch, **options)
     for source, target in todo:
         if is_video(source):
+            from nst_ff.video import VideoError, stylize_video  # PyAV (0.2 s to import) only for video jobs
+
             try:
                 frames = stylize_video(source, target, stylize_frames, device=stylizer.device, **cfg["video"])
                 print(f"wrote {target} ({frames} frames)")
@@ -195,6 +197,8 @@ def megapixels(files: list[Path]) -> float:
     def pixels(path: Path) -> float:
         try:
             if is_video(path):
+                from nst_ff.video import video_megapixels
+
                 return video_megapixels(path) * 1e6
             with Image.open(path) as image:
                 return image.width * image.height

@@ -20,6 +20,7 @@ from omegaconf import MISSING
 from nst_ff.device import PRECISIONS
 from nst_ff.errors import UserError
 from nst_ff.execution import COMPILE_SETTINGS
+from nst_ff.media import X264_PRESETS
 from nst_ff.net import NORMS, UPSAMPLES
 from nst_ff.weights import SOURCES, VGG_BLOCKS
 
@@ -275,8 +276,6 @@ class VideoConfig:
     audio: bool = True
 
     def validate(self) -> None:
-        from nst_ff.video import X264_PRESETS  # importing PyAV is the infer command's cost, not every command's
-
         require(self.batch_size >= 1, "video.batch_size", self.batch_size, "must be 1 or more frames")
         allowed = "0 (lossless) to 51 (H.264) or 63 (VP9); lower is better and larger; null: the default"
         require(self.crf is None or 0 <= self.crf <= 63, "video.crf", self.crf, allowed)

@@ -25,9 +25,9 @@ from tqdm import tqdm
 
 from nst_ff.errors import UserError
 from nst_ff.files import atomic_write
+from nst_ff.media import X264_PRESETS
 from nst_ff.pipeline import overlapped
 
-VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
 # Output container and video codec per extension.
 _FORMATS = {
     ".mp4": ("mp4", "libx264"),
@@ -39,15 +39,10 @@ _FORMATS = {
 }
 # Constant-quality defaults: visually close to the stylised frames at a moderate size.
 DEFAULT_CRF = {"libx264": 20, "libvpx-vp9": 32}
-X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
 class VideoError(UserError, ValueError):
     """A video file cannot be read or written; the message names the file and what to do."""
-
-
-def is_video(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
 
 
 @dataclass
