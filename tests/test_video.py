@@ -4,6 +4,8 @@ leave nothing behind."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -207,3 +209,8 @@ def test_a_folder_run_stylises_videos_as_videos_beside_photos(model: Path, clip:
     assert "1 of 3 file(s) failed" in result.stderr and "Traceback" not in result.stderr
     assert (out / "coffee.jpg").is_file() and not (out / "broken.mov").exists()
     assert describe(out / "day2" / "clip.mp4")["frames"] == 2 * FPS
+
+
+def test_photo_jobs_and_option_checks_do_not_import_pyav() -> None:
+    code = "import sys, nst_ff.infer, nst_ff.schema; print('av' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
