@@ -83,7 +83,7 @@ def reference_net(net: TransformerNet) -> nn.Module:
                 norm = nn.InstanceNorm2d(child.num_features, affine=True)
                 norm.load_state_dict(child.state_dict())
                 setattr(module, name, norm)
-    return reference
+    return reference.to(memory_format=torch.contiguous_format)
 
 
 def int8_net(net: TransformerNet, photos: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:

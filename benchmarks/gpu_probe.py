@@ -16,7 +16,6 @@ such and the others still run. Results: JSON after every part, a PNG of the curv
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import re
@@ -38,12 +37,12 @@ from torch import nn
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.bench_cpu import reference_net  # noqa: E402
 from benchmarks.bench_train import training_module, training_step  # noqa: E402
 from benchmarks.report import machine  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
 from nst_ff.export import load_model  # noqa: E402
 from nst_ff.images import load_image, to_float  # noqa: E402
-from nst_ff.net import InstanceNorm, TransformerNet  # noqa: E402
 from nst_ff.perceptual import PerceptualLoss  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
 
@@ -367,18 +366,6 @@ class Probe:
             (self.out / "starry_night_gpu_fast.safetensors").write_bytes(Path(fast["model"]).read_bytes())
         plot_curves(runs, self.out / "gpu_probe_curve.png")
         return runs
-
-
-def reference_net(net: TransformerNet) -> TransformerNet:
-    """A copy of ``net`` with torch's nn.InstanceNorm2d in place of ours: pytorch/examples' execution."""
-    reference = copy.deepcopy(net).float().eval()
-    for module in list(reference.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, InstanceNorm):
-                torch_norm = nn.InstanceNorm2d(child.num_features, affine=True)
-                torch_norm.load_state_dict(child.state_dict())
-                setattr(module, name, torch_norm)
-    return reference.to(memory_format=torch.contiguous_format)
 
 
 def make_photos(folder: Path, count: int, size: int) -> None:

@@ -10,6 +10,7 @@ import torch
 
 from nst_ff.config import register_resolvers
 from nst_ff.images import load_image
+from nst_ff.net import InstanceNorm, TransformerNet
 from nst_ff.paths import PROJECT_ROOT
 from nst_ff.perceptual import PerceptualLoss
 
@@ -58,3 +59,15 @@ def johnson_loss() -> PerceptualLoss:
     )
     loss.set_style(load_image(STYLE, 128))
     return loss
+
+
+def small_net(upsample: str = "nearest", norm: str = "instance", num_res_blocks: int = 1) -> TransformerNet:
+    """A tiny TransformerNet with instance-norm parameters away from identity, so that a wrong normalisation
+    (or statistics taken from the wrong pixels) shows."""
+    torch.manual_seed(0)
+    net = TransformerNet(channels=8, num_res_blocks=num_res_blocks, norm=norm, upsample=upsample).eval()
+    for module in net.modules():
+        if isinstance(module, InstanceNorm):
+            module.weight.data.uniform_(0.5, 1.5)
+            module.bias.data.uniform_(-0.5, 0.5)
+    return net

@@ -17,10 +17,10 @@ from nst_ff import onnx as nst_onnx
 from nst_ff.errors import UserError
 from nst_ff.export import ModelFileError, load_model, save_model
 from nst_ff.images import load_image, resize
-from nst_ff.net import InstanceNorm, TransformerNet
+from nst_ff.net import TransformerNet
 from nst_ff.paths import PROJECT_ROOT
 from nst_ff.stylize import Stylizer
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, small_net
 
 needs_onnx = pytest.mark.skipif(
     not all(importlib.util.find_spec(m) for m in ("onnx", "onnxscript", "onnxruntime")),
@@ -29,17 +29,6 @@ needs_onnx = pytest.mark.skipif(
 
 # A square, two odd sizes, one under the network's 16-pixel minimum; batches of 1 and 2.
 SIZES = [(1, 64, 64), (2, 37, 61), (1, 9, 30)]
-
-
-def small_net(upsample: str = "nearest", norm: str = "instance") -> TransformerNet:
-    """Instance-norm parameters away from identity, so that a wrong normalisation shows."""
-    torch.manual_seed(0)
-    net = TransformerNet(channels=8, num_res_blocks=1, norm=norm, upsample=upsample).eval()
-    for module in net.modules():
-        if isinstance(module, InstanceNorm):
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
-    return net
 
 
 @pytest.fixture(scope="module")

@@ -17,7 +17,7 @@ from nst_ff.images import decode, load_image
 from nst_ff.net import InstanceNorm, TransformerNet
 from nst_ff.stylize import Stylizer
 from nst_ff.tiling import stylize_tiled
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, small_net
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -27,14 +27,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 @pytest.fixture(scope="module")
 def net() -> TransformerNet:
-    """A small net with instance-norm parameters away from identity, so statistics matter."""
-    torch.manual_seed(0)
-    net = TransformerNet(channels=8, num_res_blocks=2).eval()
-    for module in net.modules():
-        if isinstance(module, InstanceNorm):
-            module.weight.data.uniform_(0.5, 1.5)
-            module.bias.data.uniform_(-0.5, 0.5)
-    return net
+    return small_net(num_res_blocks=2)
 
 
 @pytest.fixture(scope="module")
