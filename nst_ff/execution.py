@@ -126,22 +126,25 @@ def _check(setting: bool | str, key: str) -> None:
         raise UserError(f"{key}={setting}: choose true, false or auto")
 
 
-def compile_inference(setting: bool | str, device: torch.device, megapixels: float) -> bool:
-    """``auto``: compile when the job's pixels save more time than a compilation costs."""
-    _check(setting, "compile")
+def _compile(
+    setting: bool | str, key: str, pays_off: dict[str, tuple[float, float]], device: torch.device, work: float
+) -> bool:
+    """``setting`` as given, or for ``auto`` whether ``work`` saves more time than a compilation costs."""
+    _check(setting, key)
     if setting != "auto":
         return bool(setting)
-    cost, saving = _INFERENCE_COMPILE.get(device.type, (float("inf"), 0.0))
-    return megapixels * saving > cost
+    cost, saving = pays_off.get(device.type, (float("inf"), 0.0))
+    return work * saving > cost
+
+
+def compile_inference(setting: bool | str, device: torch.device, megapixels: float) -> bool:
+    """``auto``: compile when the job's pixels save more time than a compilation costs."""
+    return _compile(setting, "compile", _INFERENCE_COMPILE, device, megapixels)
 
 
 def compile_training(setting: bool | str, device: torch.device, steps: int) -> bool:
     """``auto``: compile when the run's steps save more time than a compilation costs."""
-    _check(setting, "model.compile")
-    if setting != "auto":
-        return bool(setting)
-    cost, saving = _TRAINING_COMPILE.get(device.type, (float("inf"), 0.0))
-    return steps * saving > cost
+    return _compile(setting, "model.compile", _TRAINING_COMPILE, device, steps)
 
 
 def training_compile_mode(device: torch.device, mode: str = "auto") -> str:

@@ -173,16 +173,17 @@ def run(cfg: dict) -> int:
     if written > 1:
         seconds = time.perf_counter() - start
         print(f"{written} image(s) in {seconds:.1f} s ({written / seconds:.1f} images/s)", file=sys.stderr)
-    stylize_frames = partial(stylizer.stylize_batch, **options)
-    for source, target in todo:
-        if is_video(source):
-            from nst_ff.video import VideoError, stylize_video  # PyAV (0.2 s to import) only for video jobs
+    videos = [(source, target) for source, target in todo if is_video(source)]
+    if videos:
+        from nst_ff.video import VideoError, stylize_video  # PyAV (0.2 s to import) only for video jobs
 
-            try:
-                frames = stylize_video(source, target, stylize_frames, device=stylizer.device, **cfg["video"])
-                print(f"wrote {target} ({frames} frames)")
-            except VideoError as error:
-                failures.append(str(error))
+        stylize_frames = partial(stylizer.stylize_batch, **options)
+    for source, target in videos:
+        try:
+            frames = stylize_video(source, target, stylize_frames, device=stylizer.device, **cfg["video"])
+            print(f"wrote {target} ({frames} frames)")
+        except VideoError as error:
+            failures.append(str(error))
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
     if failures:
