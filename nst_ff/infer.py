@@ -107,8 +107,8 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     if single_file and (output is None or output.suffix.lower() in MEDIA_EXTENSIONS):
         source = inputs[0]
         if output is not None and is_video(source) != is_video(output):
-            kind, extensions = ("video", VIDEO_EXTENSIONS) if is_video(source) else ("image", IMAGE_EXTENSIONS)
-            raise UserError(f"{output}: the output of {source} must be a {kind} file ({', '.join(extensions)})")
+            kind, extensions = ("a video", VIDEO_EXTENSIONS) if is_video(source) else ("an image", IMAGE_EXTENSIONS)
+            raise UserError(f"{output}: the output of {source} must be {kind} file ({', '.join(extensions)})")
         return [(source, output or source.with_name(f"{source.stem}_{model_name}{source.suffix}"))]
     if output is not None and output.suffix.lower() in MEDIA_EXTENSIONS:
         raise UserError(f"{output}: several inputs need an output folder, not a file name")
