@@ -25,19 +25,18 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import torch
 from omegaconf import OmegaConf
-from PIL import Image
 from torch import nn
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_cpu import reference_net  # noqa: E402
+from benchmarks.bench_folder import folder_images_per_s, make_photos  # noqa: E402
 from benchmarks.bench_train import training_module, training_step  # noqa: E402
 from benchmarks.report import machine  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
@@ -293,7 +292,16 @@ class Probe:
                 "images_per_s_whole_process": count / wall,
                 "images_per_s_after_start": float(match.group(3)) if match else None,
             }
-        return {"photos": f"{count} JPEGs of {size}x{size}", "runs": runs}
+        # In this process, the folder's two halves (benchmarks/bench_folder.py): which one bounds a run.
+        halves = {}
+        net, _ = load_model(SHIPPED)
+        for label, stylized in (("host side alone (identity network)", nn.Identity()), ("starry_night eager", net)):
+            if self.left() < 30:
+                break
+            stylizer = Stylizer(stylized, device=str(self.device))
+            first, warm = folder_images_per_s(stylizer, folder, self.work / "styled_halves")
+            halves[label] = {"images_per_s": warm, "images_per_s_first_run": first}
+        return {"photos": f"{count} JPEGs of {size}x{size}", "runs": runs, "in_process": halves}
 
     def video(self) -> dict[str, Any]:
         """1080p frames through the full model, compiled, the way nst_ff.video moves them (uint8 to the device,
@@ -366,26 +374,6 @@ class Probe:
             (self.out / "starry_night_gpu_fast.safetensors").write_bytes(Path(fast["model"]).read_bytes())
         plot_curves(runs, self.out / "gpu_probe_curve.png")
         return runs
-
-
-def make_photos(folder: Path, count: int, size: int) -> None:
-    """``count`` JPEGs of ``size``x``size`` px cut from the bundled photos and paintings (varied content)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    sources = sorted((ROOT / "assets" / "samples").glob("*.jpg")) + sorted((ROOT / "assets" / "styles").glob("*.jpg"))
-    images = [Image.open(p).convert("RGB") for p in sources]
-
-    def make(i: int) -> None:
-        image = images[i % len(images)]
-        side = min(image.size) * (0.6 + 0.4 * ((i * 7919) % 100) / 100)
-        left = (image.width - side) * ((i * 104729) % 97) / 97
-        top = (image.height - side) * ((i * 15485863) % 89) / 89
-        crop = image.crop((round(left), round(top), round(left + side), round(top + side)))
-        if i % 2:
-            crop = crop.transpose(Image.Transpose.FLIP_LEFT_RIGHT)
-        crop.resize((size, size), Image.Resampling.BICUBIC).save(folder / f"{i:04d}.jpg", quality=90)
-
-    with ThreadPoolExecutor(8) as pool:
-        list(pool.map(make, range(count)))
 
 
 def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
@@ -472,6 +460,8 @@ def summary(results: dict[str, Any]) -> str:
             f"({run['images_per_s_whole_process']:.1f} images/s), "
             f"{run['images_per_s_after_start']} images/s after start-up"
         )
+    for name, half in folder.get("in_process", {}).items():
+        lines.append(f"stylize_files in process, {name}: {half['images_per_s']:.1f} images/s warm")
     for row in results.get("video", {}).get("rows", []):
         if "network_and_transfers_fps" in row:
             lines.append(

@@ -73,17 +73,19 @@ def test_same_size_photos_are_stylised_in_batches_like_one_by_one(
     stylizer = Stylizer(TransformerNet(channels=8, num_res_blocks=1), precision="fp32")
     photos = tmp_path / "photos"
     photos.mkdir()
-    for name in ("a", "b", "c"):
+    for name in ("a", "b", "c", "d"):
         shutil.copy(SAMPLES / "coffee.jpg", photos / f"{name}.png")  # same size, lossless outputs
-    Image.open(SAMPLES / "coffee.jpg").rotate(90, expand=True).save(photos / "d.png")
+    Image.open(SAMPLES / "coffee.jpg").rotate(90, expand=True).save(photos / "e.png")
     pairs = [(p, tmp_path / "out" / p.name) for p in sorted(photos.iterdir())]
     sizes = []
     original = stylizer.stylize_batch
     monkeypatch.setattr(stylizer, "stylize_batch", lambda x, **kw: sizes.append(len(x)) or original(x, **kw))
-    monkeypatch.setattr(nst_ff.infer, "batch_pixels", lambda device: 10**9)
+    width, height = Image.open(SAMPLES / "coffee.jpg").size
+    monkeypatch.setattr(nst_ff.infer, "batch_pixels", lambda device: 3 * width * height)  # batches of 3
     failures: list[str] = []
-    assert nst_ff.infer.stylize_files(stylizer, pairs, {"strength": 1.0}, failures) == 4 and not failures
-    assert sizes == [3, 1]  # a, b, c together; the rotated one alone
+    assert nst_ff.infer.stylize_files(stylizer, pairs, {"strength": 1.0}, failures) == 5 and not failures
+    # a, b, c together; d padded to the batch its shape already ran as; the rotated one alone, not padded
+    assert sizes == [3, 3, 1]
     for source, target in pairs:
         alone = stylizer.stylize_batch(read_picture(source).rgb[None])[0]
         written = read_picture(target).rgb
