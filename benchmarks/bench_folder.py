@@ -75,6 +75,8 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true", help="also the model compiled (torch.compile)")
     parser.add_argument("--json")
     args = parser.parse_args()
+    if args.count < 1 or args.size < 64:
+        parser.error("--count must be 1 or more and --size 64 or more")
 
     net, _ = load_model(resolve_model(args.model))
     configs = {"host side alone (identity network)": Stylizer(torch.nn.Identity(), device=args.device)}
@@ -89,7 +91,7 @@ def main() -> None:
             first, warm = folder_images_per_s(stylizer, photos, Path(work) / "styled")
             rows.append({"configuration": name, "images/s": warm, "images/s first run": first})
             print(rows[-1], flush=True)
-    extra = {"photos": f"{args.count} JPEGs of {args.size}x{args.size}", "device": str(configs[name].device)}
+    extra = {"photos": f"{args.count} JPEGs of {args.size}x{args.size}", "device": str(stylizer.device)}
     print_report("infer.py folder run: the network against the host side", rows, extra, args.json)
 
 

@@ -202,7 +202,7 @@ class Probe:
                 rows.append({"size": size, "config": name, **result, "peak_mb": self.peak()})
                 rows[-1]["psnr_vs_reference"] = psnr(outputs[name], next(iter(outputs.values())))
             print_rows(rows[-len(runners) :])
-        return {"rows": rows, "execution": Stylizer(net, device=str(self.device)).execution.describe()}
+        return {"rows": rows, "execution": eager["nst-ff eager"].execution.describe()}
 
     def training_steps(self) -> dict[str, Any]:
         data = PhotoDataModule(str(self.photos), str(ROOT / "assets" / "samples"), self.setup["crop"], num_workers=0)

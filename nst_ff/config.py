@@ -79,12 +79,12 @@ _INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "search
 
 def task_overrides(arguments: list[str]) -> list[str]:
     """The key=value overrides among the command line's ``arguments``, without Hydra's flags and their values."""
-    task, after = [], None
+    task, previous = [], None
     for argument in arguments:
-        if after in _FLAGS_WITH_VALUE or (after in ("--info", "-i") and argument in _INFO_VALUES):
-            after = None
+        if previous in _FLAGS_WITH_VALUE or (previous in ("--info", "-i") and argument in _INFO_VALUES):
+            previous = None  # this argument is the flag's value
             continue
-        after = argument
+        previous = argument
         if not argument.startswith("-"):
             task.append(argument)
     return task
