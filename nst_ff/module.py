@@ -65,6 +65,7 @@ class StyleTransferModule(pl.LightningModule):
         style: dict[str, Any],
         lr: float = 1e-3,
         scheduler: str = "none",
+        warmup_steps: int = 0,
         channels_last: bool | None = None,
         init_from: str | None = None,
         compile: bool | str = "auto",
@@ -203,12 +204,21 @@ class StyleTransferModule(pl.LightningModule):
         optimizer = torch.optim.Adam(
             self.net.parameters(), lr=self.hparams.lr, fused=fused_optimizer(self.execution.device)
         )
-        steps = max(int(self.trainer.max_steps), 1)
+        warmup = self.hparams.warmup_steps
+        steps = max(int(self.trainer.max_steps) - warmup, 1)
+        schedule = torch.optim.lr_scheduler
         if self.hparams.scheduler == "cosine":
-            scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+            scheduler = schedule.CosineAnnealingLR(optimizer, T_max=steps)
         elif self.hparams.scheduler == "step":
-            scheduler = torch.optim.lr_scheduler.StepLR(optimizer, step_size=max(steps // 3, 1), gamma=0.3)
+            scheduler = schedule.StepLR(optimizer, step_size=max(steps // 3, 1), gamma=0.3)
         else:
+            scheduler = schedule.ConstantLR(optimizer, factor=1.0)
+        if warmup:
+            # A large batch's raised learning rate stalls Adam's first steps (the untrained network's gradients
+            # are large and erratic); ramping it up linearly over the first steps avoids that.
+            ramp = schedule.LinearLR(optimizer, start_factor=1 / warmup, total_iters=max(warmup - 1, 1))
+            scheduler = schedule.SequentialLR(optimizer, [ramp, scheduler], milestones=[warmup])
+        elif self.hparams.scheduler == "none":
             return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
@@ -226,5 +236,6 @@ class StyleTransferModule(pl.LightningModule):
             "steps": int(self.global_step),
             "lr": self.hparams.lr,
             "scheduler": self.hparams.scheduler,
+            "warmup_steps": self.hparams.warmup_steps,
             "temporal_weight": self.hparams.temporal_weight,
         }

@@ -52,10 +52,14 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
     return [(event.step, event.value) for event in events.Scalars(tag)]
 
 
+# Warm-up over 4 steps, then cosine: the resume at step 3 restores a schedule in the middle of its ramp.
+SCHEDULE = ["model.scheduler=cosine", "model.warmup_steps=4"]
+
+
 @pytest.fixture(scope="module")
 def six_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("run")
-    run_training(out, "trainer.max_steps=6", "checkpoint.every_n_steps=3")
+    run_training(out, *SCHEDULE, "trainer.max_steps=6", "checkpoint.every_n_steps=3")
     return out
 
 
@@ -97,11 +101,18 @@ def test_checkpoints_and_export(six_steps: Path) -> None:
         assert torch.equal(a, b)
 
 
+def test_warmup_ramps_the_learning_rate_then_follows_the_schedule(six_steps: Path) -> None:
+    rates = [rate for _, rate in scalars(six_steps, "lr-Adam")]
+    # 1e-3 / 4 more each step up to 1e-3 at the fourth, then cosine over the 2 remaining steps.
+    assert rates == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 5e-4])
+
+
 def test_resume_continues_exactly(six_steps: Path, tmp_path: Path) -> None:
     """3 steps + resume to 6 gives the same weights as 6 uninterrupted steps: same global step,
     optimizer state and data position (the sampler crosses an epoch boundary on the way)."""
     exported = run_training(
         tmp_path,
+        *SCHEDULE,
         "trainer.max_steps=6",
         "checkpoint.every_n_steps=3",
         f"ckpt_path={six_steps / 'checkpoints' / 'step0000003.ckpt'}",
