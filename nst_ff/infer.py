@@ -244,18 +244,10 @@ def stylize_files(stylizer: Stylizer, pairs: list[tuple[Path, Path]], options: d
 
     read_ok = (pair for pair in read_ahead(pairs, read, threads, 4 * threads) if not _failed(pair, failures, progress))
     futures = []
-    full_shapes = set()  # photo shapes that have run as a full batch
     with Writer(threads, 4 * threads) as writer:
         for batch in batched(read_ok, key=lambda p: p[1].rgb.shape, size=batch_size):
             images = torch.stack([picture.rgb.to(device, non_blocking=True) for _, picture in batch])
-            # A short last batch of a shape that ran full is padded with copies: the network runs the shape it
-            # has compiled and autotuned instead of recompiling (36 s with dynamic shapes on an H200).
-            padding = batch_size(batch[0]) - len(batch)
-            if padding == 0:
-                full_shapes.add(images.shape[1:])
-            elif images.shape[1:] in full_shapes:
-                images = torch.cat([images, images[-1:].expand(padding, -1, -1, -1)])
-            out = stylizer.stylize_batch(to_float(images.permute(0, 3, 1, 2)), **options)[: len(batch)]
+            out = stylizer.stylize_batch(to_float(images.permute(0, 3, 1, 2)), **options)
             out = to_uint8(out).permute(0, 2, 3, 1)
             host = torch.empty(out.shape, dtype=torch.uint8, pin_memory=cuda).copy_(out, non_blocking=cuda)
             ready = torch.cuda.Event() if cuda else None

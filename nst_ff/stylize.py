@@ -32,7 +32,8 @@ class Stylizer:
     fastest precision that keeps outputs close to fp32 (``resolve_dtype``), the device's fastest memory
     layout (``channels_last=None``; True or False forces one), inference mode, cudnn autotuning on CUDA.
     The Stylizer works on its own copy of ``net``. ``compile=True`` adds torch.compile (static shapes first,
-    dynamic once a second size comes; ``nst_ff.execution.compile_inference`` says when it pays off);
+    dynamic once a second size comes; ``nst_ff.execution.compile_inference`` says when it pays off); compiled
+    or on CUDA, a batch shorter than one its image shape already ran as is padded to that size;
     ``fast_allocator`` keeps freed memory for reuse on CPU (``nst_ff.device.keep_freed_memory``).
     Images of more than ``tile_above`` pixels (``auto``: the device's memory policy,
     ``nst_ff.execution.tile_above_pixels``) are stylised in tiles (``nst_ff.tiling``).
@@ -61,6 +62,11 @@ class Stylizer:
         # Shapes start static: on an H200 a static graph ran 1024x1024 in 3.3 ms where dynamic=True took 8.7 ms
         # (eager 10.1) and compiled in 10 s instead of 36. A second size recompiles once, with dynamic shapes.
         self.forward = compiled(self.net) if compile else self.net
+        # A batch shorter than one its image shape already ran as is padded to that size, so that a compiled
+        # network runs a shape it has compiled (not a recompilation: 36 s with dynamic shapes on an H200) and
+        # cudnn one it has autotuned: a folder's or a video's last batch. Elsewhere padding only costs time.
+        self.pad_short_batches = compile or self.device.type == "cuda"
+        self._batch_sizes: dict[torch.Size, int] = {}  # image shape -> the largest batch it ran as
         # Tiles share statistics through TransformerNet's InstanceNorm modules; a net without them (an ONNX
         # export run by onnxruntime) stylises whole images.
         self.tile_above = tile_above_pixels(tile_above, self.device) if isinstance(net, TransformerNet) else math.inf
@@ -72,7 +78,13 @@ class Stylizer:
         return cls(net, **options)
 
     def _run(self, images: torch.Tensor) -> torch.Tensor:
-        return self.forward(self.execution.inputs(images))
+        count = len(images)
+        if self.pad_short_batches:
+            shape = images.shape[1:]
+            full = self._batch_sizes[shape] = max(count, self._batch_sizes.get(shape, 0))
+            if full > count:
+                images = torch.cat([images, images[-1:].expand(full - count, -1, -1, -1)])
+        return self.forward(self.execution.inputs(images))[:count]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float images in [0, 1] -> stylised float32 images, same size, on the input's device."""

@@ -224,3 +224,21 @@ def test_stylize_returns_every_image_of_a_batch(net: TransformerNet, photo: torc
     for image, styled in zip(batch, out, strict=True):
         assert torch.allclose(stylizer.stylize(image, strength=0.7, preserve_color=True), styled, atol=1e-5)
     assert psnr(out[0], out[2]) < 30  # different inputs, different outputs: no copy of the first
+
+
+def test_a_short_batch_runs_padded_to_the_size_its_shape_ran_as(net: TransformerNet, photo: torch.Tensor) -> None:
+    """What a compiled or CUDA Stylizer does (forced here): a folder's or video's last batch reuses the shape
+    that was compiled and autotuned, and returns only its own images, unchanged by the padding."""
+    stylizer = Stylizer(net, precision="fp32")
+    assert not stylizer.pad_short_batches  # eager on the CPU: padding would only cost time
+    stylizer.pad_short_batches = True
+    sizes = []
+    network = stylizer.forward
+    stylizer.forward = lambda x: sizes.append(len(x)) or network(x)
+    batch = torch.cat([photo, photo.flip(-1), 1 - photo])
+    full = stylizer(batch)
+    short = stylizer(batch[1:])
+    other_shape = stylizer(batch[:2, :, :100])
+    assert sizes == [3, 3, 2]  # only a shape that ran as a larger batch is padded
+    assert short.shape == batch[1:].shape and torch.allclose(short, full[1:], atol=1e-5)
+    assert torch.allclose(other_shape, reference(net, batch[:2, :, :100]), atol=1e-5)
