@@ -1,6 +1,7 @@
 """A folder run's images/s, split into its two halves: infer.py's ``stylize_files`` over JPEGs with the
 model, and with an identity network in its place (the host side alone: decoding, copies to and from the
-device, encoding, atomic writes). Whichever is slower bounds a folder run.
+device, encoding, atomic writes). Whichever is slower bounds a folder run. Then the host side's stages alone
+(decoding; encoding and writing) at 1, 2, 4... threads: which one binds, and whether more threads help.
 
     python benchmarks/bench_folder.py [--count 100] [--size 1024] [--model starry_night] [--device auto]
         [--compile] [--json out.json]
@@ -26,7 +27,8 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.report import print_report  # noqa: E402
 from nst_ff.export import load_model, resolve_model  # noqa: E402
-from nst_ff.infer import stylize_files  # noqa: E402
+from nst_ff.images import write_picture  # noqa: E402
+from nst_ff.infer import io_threads, read_hwc, stylize_files  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
 
 
@@ -66,6 +68,26 @@ def folder_images_per_s(stylizer: Stylizer, photos: Path, out: Path) -> tuple[fl
     return rates[0], rates[1]
 
 
+def host_stage_rates(photos: Path, out: Path, threads: int, pin_memory: bool) -> dict[str, float]:
+    """images/s of the host side's two stages alone, each on ``threads`` threads as in ``stylize_files``:
+    decoding into (pinned) memory, and encoding with atomic writes. Which one, if any, bounds a folder run."""
+    files = sorted(photos.glob("*.jpg"))
+    with ThreadPoolExecutor(threads) as pool:
+        start = time.perf_counter()
+        pictures = list(pool.map(lambda path: read_hwc(path, pin_memory), files))
+        read = len(files) / (time.perf_counter() - start)
+        start = time.perf_counter()
+        list(pool.map(lambda path, hwc: write_picture(out / path.name, hwc.rgb.permute(2, 0, 1)), files, pictures))
+        write = len(files) / (time.perf_counter() - start)
+    return {"threads": threads, "decode images/s": round(read, 1), "encode and write images/s": round(write, 1)}
+
+
+def stage_table(photos: Path, out: Path, device: torch.device) -> list[dict[str, float]]:
+    """``host_stage_rates`` at 1, 2, 4, ... threads up to twice infer's count for ``device``."""
+    counts = [2**i for i in range(8) if 2**i <= 2 * io_threads(device)]
+    return [host_stage_rates(photos, out, threads, device.type == "cuda") for threads in counts]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--count", type=int, default=100)
@@ -91,7 +113,13 @@ def main() -> None:
             first, warm = folder_images_per_s(stylizer, photos, Path(work) / "styled")
             rows.append({"configuration": name, "images/s": warm, "images/s first run": first})
             print(rows[-1], flush=True)
-    extra = {"photos": f"{args.count} JPEGs of {args.size}x{args.size}", "device": str(stylizer.device)}
+        stages = stage_table(photos, Path(work) / "stages", stylizer.device)
+    extra = {
+        "photos": f"{args.count} JPEGs of {args.size}x{args.size}",
+        "device": str(stylizer.device),
+        "infer.py threads": io_threads(stylizer.device),
+        "host stages": stages,
+    }
     print_report("infer.py folder run: the network against the host side", rows, extra, args.json)
 
 

@@ -36,7 +36,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_cpu import reference_net  # noqa: E402
-from benchmarks.bench_folder import folder_images_per_s, make_photos  # noqa: E402
+from benchmarks.bench_folder import folder_images_per_s, make_photos, stage_table  # noqa: E402
 from benchmarks.bench_train import training_module, training_step  # noqa: E402
 from benchmarks.report import machine  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
@@ -307,7 +307,8 @@ class Probe:
             stylizer = Stylizer(stylized, device=str(self.device))
             first, warm = folder_images_per_s(stylizer, folder, self.work / "styled_halves")
             halves[label] = {"images_per_s": warm, "images_per_s_first_run": first}
-        return {"photos": f"{count} JPEGs of {size}x{size}", "runs": runs, "in_process": halves}
+        stages = stage_table(folder, self.work / "styled_stages", self.device) if self.left() > 20 else []
+        return {"photos": f"{count} JPEGs of {size}x{size}", "runs": runs, "in_process": halves, "host_stages": stages}
 
     def video(self) -> dict[str, Any]:
         """1080p frames through the full model, compiled, the way nst_ff.video moves them (uint8 to the device,
@@ -468,6 +469,11 @@ def summary(results: dict[str, Any]) -> str:
         )
     for name, half in folder.get("in_process", {}).items():
         lines.append(f"stylize_files in process, {name}: {half['images_per_s']:.1f} images/s warm")
+    for row in folder.get("host_stages", []):
+        lines.append(
+            f"host stages alone, {row['threads']} threads: decode {row['decode images/s']:.0f} images/s, "
+            f"encode and write {row['encode and write images/s']:.0f} images/s"
+        )
     for row in results.get("video", {}).get("rows", []):
         if "network_and_transfers_fps" in row:
             lines.append(

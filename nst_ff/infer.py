@@ -210,6 +210,21 @@ def megapixels(files: list[Path]) -> float:
         return sum(pool.map(pixels, files)) / 1e6
 
 
+def io_threads(device: torch.device) -> int:
+    """Threads that decode and, as many again, that encode photos: on CUDA enough to keep the GPU fed; on a
+    CPU the network needs the cores."""
+    return min(8, os.cpu_count() or 1) if device.type == "cuda" else 2
+
+
+def read_hwc(path: Path, pin_memory: bool = False) -> Picture:
+    """A photo's 8-bit values as (H, W, 3), the layout files and encoders use (a view of the decoded tensor:
+    copies keep its strides, the device transposes), page-locked with ``pin_memory`` for asynchronous copies
+    to a GPU."""
+    picture = read_picture(path, torch.uint8)
+    hwc = picture.rgb.permute(1, 2, 0)
+    return Picture(hwc.pin_memory() if pin_memory else hwc, picture.alpha)
+
+
 def stylize_files(stylizer: Stylizer, pairs: list[tuple[Path, Path]], options: dict, failures: list[str]) -> int:
     """Stylise ``pairs`` of (input, output) files; returns how many were written, adds failures.
 
@@ -218,14 +233,12 @@ def stylize_files(stylizer: Stylizer, pairs: list[tuple[Path, Path]], options: d
     writer threads, all while the network works on the next batch."""
     device = stylizer.device
     cuda = device.type == "cuda"
-    threads = min(8, os.cpu_count() or 1) if cuda else 2
+    threads = io_threads(device)
     budget = batch_pixels(device)
     progress = tqdm(total=len(pairs), unit="image", disable=len(pairs) < 2, file=sys.stderr)
 
     def read(pair: tuple[Path, Path]) -> Picture:
-        picture = read_picture(pair[0], torch.uint8)
-        hwc = picture.rgb.permute(1, 2, 0)  # a view: copies keep its strides, the device transposes
-        return Picture(hwc.pin_memory() if cuda else hwc, picture.alpha)
+        return read_hwc(pair[0], pin_memory=cuda)
 
     def write(target: Path, hwc: torch.Tensor, alpha: torch.Tensor | None, ready: torch.cuda.Event | None) -> None:
         if ready is not None:
