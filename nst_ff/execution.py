@@ -35,12 +35,14 @@ COMPILE_SETTINGS = (True, False, "auto")
 # When compiling pays off within one job: (seconds a compilation costs, seconds it saves per unit of
 # work). Inference counts megapixels, training counts steps. CUDA: one H200 (benchmarks/gpu_probe.sh and
 # its A/B, torch 2.11): compiling the fp16 network with static shapes took 10 s and cut 1024 px from 10.1
-# to 3.3 ms; the batch-4 training step took 52 s to compile and went from 20.6 to 9.9 ms (bf16). CPU:
-# 2-core AVX2 EPYC (README): 13 to 66 s per graph, 1024 px from 3.68 to 2.84 s; training is not compiled
-# by default on CPUs (unmeasured gain). A warm
-# compile cache (``compile_cache_dir``) makes later compilations several times cheaper; these
-# thresholds assume a cold one.
-_INFERENCE_COMPILE = {"cuda": (10.0, 0.0065), "cpu": (40.0, 0.84)}
+# to 3.3 ms; the batch-4 training step took 52 s to compile and went from 20.6 to 9.9 ms (bf16). CPUs, by
+# their vector instructions: 2-core AVX2 EPYC (README): 13 to 66 s per graph, 1024 px from 3.68 to 2.84 s
+# (full network, fp32). With AVX-512 compiling saves too little to repay itself in any job: 2-core EPYC with
+# AVX512-BF16, 1024 px, one thread, ~11 s to compile: full network 1.87 -> 1.80 s in fp32 and 0.98 -> 0.96 s
+# in bf16, fast network 0.54 -> 0.52 s and 0.29 -> 0.29 s. Training is not compiled by default on CPUs
+# (unmeasured gain). A warm compile cache (``compile_cache_dir``) makes later compilations several times
+# cheaper; these thresholds assume a cold one.
+_INFERENCE_COMPILE = {"cuda": (10.0, 0.0065), "cpu AVX2": (40.0, 0.84)}
 _TRAINING_COMPILE = {"cuda": (52.0, 0.0107)}
 
 
@@ -133,8 +135,13 @@ def _compile(
     _check(setting, key)
     if setting != "auto":
         return bool(setting)
-    cost, saving = pays_off.get(device.type, (float("inf"), 0.0))
+    cost, saving = pays_off.get(_payoff_kind(device), (float("inf"), 0.0))
     return work * saving > cost
+
+
+def _payoff_kind(device: torch.device) -> str:
+    """The device type, and on a CPU its vector instructions, on which compiled code's gain depends."""
+    return f"cpu {torch.backends.cpu.get_cpu_capability()}" if device.type == "cpu" else device.type
 
 
 def compile_inference(setting: bool | str, device: torch.device, megapixels: float) -> bool:
