@@ -26,11 +26,13 @@ class _DropAdvertising(logging.Filter):
 
 def quiet_lightning() -> None:
     """Keep Lightning's output to what concerns this run: no product tips, no warnings about things that are
-    on purpose here (the frozen VGG in eval mode, the summary's size estimate under bf16) or inside Lightning."""
+    on purpose here (the frozen VGG in eval mode, the summary's size estimate under bf16, trainer=ddp's
+    ``broadcast_buffers=False``, which torch 2.14 deprecates but torch before it needs) or inside Lightning."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdvertising())
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r".*is not supported by the model summary")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
+    warnings.filterwarnings("ignore", message=r"`broadcast_buffers` is deprecated")
 
 
 def check_trainer_options(trainer: dict[str, Any]) -> None:

@@ -157,6 +157,7 @@ def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     assert (tmp_path / "train_ddp_process_1.log").exists()
     # One line says what the run is on, from rank 0 only (trainer=ddp: DDPStrategy without buffer broadcasts).
     assert (result.stdout + result.stderr).count("training on cpu") == 1
+    assert "deprecated" not in result.stdout + result.stderr  # broadcast_buffers=False is on purpose
 
 
 def test_multirun_sweep_records_each_jobs_own_command(tmp_path: Path) -> None:
