@@ -60,7 +60,13 @@ GPU = {
     # Both see 16k crops; validation every 1600 images.
     "runs": {
         "gpu_fast (batch 16)": [],
-        "batch 4": ["data.batch_size=4", "model.lr=1e-3", "trainer.max_steps=4000", "trainer.val_check_interval=400"],
+        "batch 4": [
+            "data.batch_size=4",
+            "model.lr=1e-3",
+            "model.warmup_steps=0",
+            "trainer.max_steps=4000",
+            "trainer.val_check_interval=400",
+        ],
     },
     "run_extra": [],
     # 1080p clip (seconds), frames per batch, H.264 presets: the default, and a fast one in case encoding binds.
