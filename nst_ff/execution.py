@@ -17,6 +17,7 @@ says how to use them.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -173,4 +174,8 @@ def compile_cache_dir() -> Path:
 def compiled(fn: Callable[..., Any], **options: Any) -> Callable[..., Any]:
     """``torch.compile(fn, **options)`` with the cache kept between runs."""
     compile_cache_dir()
+    if not torch.cuda.is_available():
+        # A CUDA build of torch (pip's default) logs "No CUDA runtime is found" when inductor looks for its
+        # C++ toolchain on a machine without a GPU: true, and of no concern to code compiled for the CPU.
+        logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
     return torch.compile(fn, **options)
