@@ -211,15 +211,15 @@ class StyleTransferModule(pl.LightningModule):
             scheduler = schedule.CosineAnnealingLR(optimizer, T_max=steps)
         elif self.hparams.scheduler == "step":
             scheduler = schedule.StepLR(optimizer, step_size=max(steps // 3, 1), gamma=0.3)
-        else:
+        elif warmup:
             scheduler = schedule.ConstantLR(optimizer, factor=1.0)
+        else:
+            return optimizer
         if warmup:
             # A large batch's raised learning rate stalls Adam's first steps (the untrained network's gradients
             # are large and erratic); ramping it up linearly over the first steps avoids that.
             ramp = schedule.LinearLR(optimizer, start_factor=1 / warmup, total_iters=max(warmup - 1, 1))
             scheduler = schedule.SequentialLR(optimizer, [ramp, scheduler], milestones=[warmup])
-        elif self.hparams.scheduler == "none":
-            return optimizer
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def export_metadata(self) -> dict[str, Any]:
