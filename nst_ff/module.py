@@ -42,6 +42,22 @@ def load_initial_weights(name_or_path: str, config: dict[str, Any]) -> dict[str,
     return net.state_dict()
 
 
+def clip_to_running_norm(
+    grads: list[torch.Tensor], average: torch.Tensor, ratio: float, momentum: float = 0.98
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale ``grads`` in place so that their total norm is at most ``ratio`` times ``average``, the running
+    average of the norms after clipping (a 0-d tensor, updated in place; 0 before the first step, which is
+    not clipped). Returns the norm before clipping and the scale applied. All on the gradients' device,
+    without a branch on a value: no step waits for the GPU (as in ``torch.nn.utils.clip_grad_norm_``)."""
+    norm = torch.nn.utils.get_total_norm(grads)
+    started = average > 0
+    scale = torch.where(started, (ratio * average / (norm + 1e-6)).clamp(max=1.0), 1.0)
+    torch._foreach_mul_(grads, scale)
+    clipped = norm * scale
+    average.copy_(torch.where(started, momentum * average + (1 - momentum) * clipped, clipped))
+    return norm, scale
+
+
 class StyleTransferModule(pl.LightningModule):
     """``net`` kwargs build the TransformerNet; ``loss`` is a ``conf/loss`` preset; ``style`` holds the
     style's ``name`` and ``image`` path; ``init_from`` a trained model whose weights start the network
@@ -56,6 +72,11 @@ class StyleTransferModule(pl.LightningModule):
     ``temporal_weight`` adds the temporal consistency term of ``nst_ff.temporal`` (stable video): the
     network must commute with small random camera motions of the photos. It runs beside the compiled
     loss, eagerly, since its motions are drawn on the host from the step number.
+
+    ``grad_clip_ratio`` (0: off) clips each step's gradient norm at that multiple of its running average:
+    a raised learning rate (large batches) can run away, the norm growing several-fold a step until the
+    loss is 100x and the network never recovers. Relative, because the norm's scale depends on the crop
+    size, the style and the loss weights (6x between 64 and 256 px crops of one network).
     """
 
     def __init__(
@@ -66,6 +87,7 @@ class StyleTransferModule(pl.LightningModule):
         lr: float = 1e-3,
         scheduler: str = "none",
         warmup_steps: int = 0,
+        grad_clip_ratio: float = 0.0,
         channels_last: bool | None = None,
         init_from: str | None = None,
         compile: bool | str = "auto",
@@ -87,6 +109,9 @@ class StyleTransferModule(pl.LightningModule):
         self._throughput: tuple[float, int] | None = None  # (start time, images since) on the host clock
         self._val_outputs: list[torch.Tensor] = []
         self._logged_references = False  # content photos and style image: logged once per run
+        # For grad_clip_ratio: 0 until the first step. Saved in checkpoints by on_save_checkpoint, not in the
+        # state dict, so checkpoints written before it existed still resume.
+        self.register_buffer("grad_norm_average", torch.zeros(()), persistent=False)
 
     def build_loss(self) -> PerceptualLoss:
         """The style's loss (VGG weights, the painting's Gram targets), built once, on the CPU: what can fail on
@@ -174,6 +199,28 @@ class StyleTransferModule(pl.LightningModule):
             start, images = now, 0
         self._throughput = (start, images + batch_size * self.trainer.world_size)
 
+    def configure_gradient_clipping(
+        self,
+        optimizer: torch.optim.Optimizer,
+        gradient_clip_val: float | None = None,
+        gradient_clip_algorithm: str | None = None,
+    ) -> None:
+        # trainer.gradient_clip_val (an absolute threshold) still applies, first.
+        super().configure_gradient_clipping(optimizer, gradient_clip_val, gradient_clip_algorithm)
+        ratio = self.hparams.grad_clip_ratio
+        if not ratio:
+            return
+        grads = [p.grad for p in self.net.parameters() if p.grad is not None]
+        norm, scale = clip_to_running_norm(grads, self.grad_norm_average, ratio)
+        self.log_dict({"train/grad_norm": norm, "train/grad_clip_scale": scale})
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["grad_norm_average"] = self.grad_norm_average.detach().cpu()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if "grad_norm_average" in checkpoint:
+            self.grad_norm_average.copy_(checkpoint["grad_norm_average"])
+
     def validation_step(self, batch: torch.Tensor, batch_idx: int) -> None:
         output, terms = self.compute_losses(batch)
         logged = self.logged_terms(terms)
@@ -237,5 +284,6 @@ class StyleTransferModule(pl.LightningModule):
             "lr": self.hparams.lr,
             "scheduler": self.hparams.scheduler,
             "warmup_steps": self.hparams.warmup_steps,
+            "grad_clip_ratio": self.hparams.grad_clip_ratio,
             "temporal_weight": self.hparams.temporal_weight,
         }

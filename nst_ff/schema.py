@@ -171,6 +171,7 @@ class ModelConfig:
     lr: float = 1e-3
     scheduler: Scheduler = Scheduler.none  # type: ignore[attr-defined]
     warmup_steps: int = 0
+    grad_clip_ratio: float = 0.0
     channels_last: bool | None = None
     compile: Any = "auto"
     compile_mode: str = "auto"
@@ -186,6 +187,8 @@ class ModelConfig:
     def validate(self) -> None:
         require(self.lr > 0, "model.lr", self.lr, "must be more than 0")
         require(self.warmup_steps >= 0, "model.warmup_steps", self.warmup_steps, "must be 0 or more")
+        clip = self.grad_clip_ratio
+        require(clip == 0 or clip > 1, "model.grad_clip_ratio", clip, "must be 0 (off) or more than 1, e.g. 2")
         check_compile("model.compile", self.compile)
         for key in ("perceptual_weight", "style_loss_weight", "temporal_weight"):
             require(getattr(self, key) >= 0, f"model.{key}", getattr(self, key), "must be 0 or more")

@@ -17,6 +17,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from nst_ff.config import validate
 from nst_ff.export import ModelFileError, load_model
+from nst_ff.module import clip_to_running_norm
 from nst_ff.paths import CONFIG_DIR, PROJECT_ROOT
 from nst_ff.schema import TrainConfig
 from nst_ff.training import train
@@ -53,7 +54,8 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 
 # Warm-up over 4 steps, then cosine: the resume at step 3 restores a schedule in the middle of its ramp.
-SCHEDULE = ["model.scheduler=cosine", "model.warmup_steps=4"]
+# A clip ratio just above 1 clips a step after the resume (asserted), which needs the restored running norm.
+SCHEDULE = ["model.scheduler=cosine", "model.warmup_steps=4", "model.grad_clip_ratio=1.05"]
 
 
 @pytest.fixture(scope="module")
@@ -107,9 +109,36 @@ def test_warmup_ramps_the_learning_rate_then_follows_the_schedule(six_steps: Pat
     assert rates == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3, 1e-3, 5e-4])
 
 
+def test_clip_to_running_norm_holds_a_runaway_to_a_multiple_of_the_average() -> None:
+    direction = torch.tensor([0.6, 0.8])  # norm 1
+    average = torch.zeros(())
+    for _ in range(5):  # steady norms pass unchanged; the first step sets the average
+        grads = [direction * 3.0, direction * 4.0]  # total norm 5
+        norm, scale = clip_to_running_norm(grads, average, ratio=2)
+        assert norm.item() == pytest.approx(5) and scale.item() == 1 and torch.equal(grads[0], direction * 3.0)
+    assert average.item() == pytest.approx(5)
+    for step in range(1, 7):  # a runaway: the norm triples each step
+        before = average.item()
+        grads = [direction * 3.0 * 3**step, direction * 4.0 * 3**step]
+        norm, scale = clip_to_running_norm(grads, average, ratio=2)
+        assert norm.item() == pytest.approx(5 * 3**step)
+        assert torch.cat(grads).norm().item() == pytest.approx(2 * before)  # clipped to twice the average
+        assert average.item() == pytest.approx(0.98 * before + 0.02 * 2 * before)  # which rises slowly
+    assert average.item() < 6
+
+
+def test_gradient_clipping_is_logged(six_steps: Path) -> None:
+    scales = dict(scalars(six_steps, "train/grad_clip_scale"))
+    norms = dict(scalars(six_steps, "train/grad_norm"))
+    assert sorted(scales) == sorted(norms) == list(range(6))
+    assert all(0 < scale <= 1 for scale in scales.values()) and min(norms.values()) > 0
+    assert min(scales[step] for step in range(3, 6)) < 1  # clipped after the resume point
+
+
 def test_resume_continues_exactly(six_steps: Path, tmp_path: Path) -> None:
     """3 steps + resume to 6 gives the same weights as 6 uninterrupted steps: same global step,
-    optimizer state and data position (the sampler crosses an epoch boundary on the way)."""
+    optimizer state, running gradient norm (clipping) and data position (the sampler crosses an epoch
+    boundary on the way)."""
     exported = run_training(
         tmp_path,
         *SCHEDULE,
