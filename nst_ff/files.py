@@ -42,12 +42,17 @@ def file_sha256(path: str | Path) -> str:
 
 @contextmanager
 def removed_if_unused(folder: str | Path) -> Iterator[None]:
-    """If the block fails and ``folder`` holds nothing but Hydra's own files (``.hydra/``, ``*.log``), remove it:
-    a command stopped by a mistake leaves no empty run folder behind."""
+    """If the block fails and ``folder`` holds nothing but Hydra's own files (``.hydra/``, ``*.log``), remove it,
+    and the folders above it that are left empty, up to the current folder (``outputs/<style>/``): a command
+    stopped by a mistake leaves no empty run folder behind."""
     try:
         yield
     except BaseException:
-        path = Path(folder)
+        path = Path(folder).absolute()
         if path.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in path.iterdir()):
             shutil.rmtree(path, ignore_errors=True)
+            for parent in path.parents:
+                if not parent.is_relative_to(Path.cwd()) or parent == Path.cwd() or any(parent.iterdir()):
+                    break
+                parent.rmdir()
         raise

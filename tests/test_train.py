@@ -38,13 +38,13 @@ def run_training(out: Path, *overrides: str) -> Path:
     return train(validate(cfg, TrainConfig, open_nodes=("trainer",)))
 
 
-def run_script(*args: str, timeout: int = 300) -> subprocess.CompletedProcess:
+def run_script(*args: str, timeout: int = 300, cwd: Path = PROJECT_ROOT) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, str(PROJECT_ROOT / "train.py"), *args],
         capture_output=True,
         text=True,
         timeout=timeout,
-        cwd=PROJECT_ROOT,
+        cwd=cwd,
     )
 
 
@@ -221,10 +221,12 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
     ],
 )
 def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path, override: str, message: str) -> None:
-    result = run_script(*FAST, *override.split(), f"hydra.run.dir={tmp_path / 'run'}")
+    (tmp_path / "kept").mkdir()
+    result = run_script(*FAST, *override.split(), cwd=tmp_path)  # the run folder: outputs/<style>/<time>
     assert result.returncode == 2
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "run").exists()  # failed before any work: no run folder left behind
+    # Failed before any work: no run folder left behind, nor the outputs/<style>/ above it; the rest stays.
+    assert [p.name for p in tmp_path.iterdir()] == ["kept"]
 
 
 def test_init_from_starts_from_a_trained_model_not_a_resume(six_steps: Path, tmp_path: Path) -> None:
