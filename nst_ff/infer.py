@@ -8,6 +8,7 @@ import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -55,9 +56,16 @@ def gflop_per_megapixel(net: torch.nn.Module, size: int = 64) -> float:
     return flop * (1024 / size) ** 2 / 1e9
 
 
+def fine_tuned(meta: dict[str, Any]) -> bool:
+    """Whether the model's last run started from another model's weights (its steps are not all it saw)."""
+    config = meta.get("config")
+    return isinstance(config, dict) and bool((config.get("model") or {}).get("init_from"))
+
+
 def list_models() -> list[str]:
     """One line per model that can be named (``shipped_models``): its speed class and arithmetic per
-    1024x1024, training steps, file size; then where to put more."""
+    1024x1024, training steps (+N: N steps on top of another model's weights, ``model.init_from``), file
+    size; then where to put more."""
     lines = []
     for path in shipped_models():
         if path.suffix == ".onnx":  # its metadata needs onnxruntime to read: listing works without it
@@ -66,11 +74,15 @@ def list_models() -> list[str]:
         net, meta = load_model(path)
         gflop = gflop_per_megapixel(net)
         speed = "fast" if gflop <= FAST_GFLOP else "full"
+        steps = f"{'+' if fine_tuned(meta) else ''}{meta.get('steps', '?')}"
         lines.append(
-            f"{path.stem:20s} {speed:4s} {gflop:4.0f} GFLOP at 1024x1024  {meta.get('steps', '?'):>5} steps  "
+            f"{path.stem:20s} {speed:4s} {gflop:4.0f} GFLOP at 1024x1024  {steps:>6} steps  "
             f"{path.stat().st_size / 2**20:4.1f} MB  {path}"
         )
-    lines.append(f"(to name your own models, put .safetensors or .onnx files in {models_dir()}; NST_FF_HOME moves it)")
+    lines.append(
+        "(+N steps: trained N steps from another model's weights. To name your own models, put .safetensors or "
+        f".onnx files in {models_dir()}; NST_FF_HOME moves it)"
+    )
     return lines
 
 
