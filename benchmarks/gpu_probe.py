@@ -64,6 +64,7 @@ GPU = {
             "data.batch_size=4",
             "model.lr=1e-3",
             "model.warmup_steps=0",
+            "model.grad_clip_ratio=0",
             "trainer.max_steps=4000",
             "trainer.val_check_interval=400",
         ],
