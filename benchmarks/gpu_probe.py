@@ -95,6 +95,7 @@ SMOKE = {
         "model.net.channels=8",
         "model.net.num_res_blocks=1",
         "checkpoint.every_n_steps=4",
+        "trainer.log_every_n_steps=1",  # the logged rates and clip scales too
     ],
 }
 
@@ -378,6 +379,8 @@ class Probe:
                 "steps": int(config.trainer.max_steps),
                 "wall_s_command_to_export": wall,
                 "images_per_s_logged": median_scalar(run_dir, "train/images_per_sec"),
+                # model.grad_clip_ratio at 256 px: how often the clip acted (logged steps), and how hard.
+                "clip_scales_logged": [value for _, value in scalars(run_dir, "train/grad_clip_scale")],
                 "val_loss_curve": [(step * batch, value) for step, value in scalars(run_dir, "val/loss")],
                 "val_loss_final": self.validation_loss(model),
                 "model": str(model),
@@ -400,6 +403,13 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 def median_scalar(run_dir: Path, tag: str) -> float | None:
     values = [value for _, value in scalars(run_dir, tag)]
     return statistics.median(values) if values else None
+
+
+def clip_summary(scales: list[float]) -> str:
+    if not scales:
+        return ""
+    clipped = [scale for scale in scales if scale < 1]
+    return f", gradient clipped at {len(clipped)} of {len(scales)} logged steps (smallest scale {min(scales):.2f})"
 
 
 def plot_curves(runs: dict[str, Any], path: Path) -> None:
@@ -498,6 +508,7 @@ def summary(results: dict[str, Any]) -> str:
             lines.append(
                 f"train.py {name}: {run['steps']} steps, {run['wall_s_command_to_export']:.0f} s command to export, "
                 f"{run['images_per_s_logged'] or 0:.0f} images/s logged, val loss {run['val_loss_final']:.4g}"
+                + clip_summary(run["clip_scales_logged"])
             )
         elif name.startswith("shipped"):
             lines.append(f"{name}: {run:.4g}")
