@@ -51,8 +51,9 @@ def removed_if_unused(folder: str | Path) -> Iterator[None]:
         path = Path(folder).absolute()
         if path.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in path.iterdir()):
             shutil.rmtree(path, ignore_errors=True)
+            here = Path.cwd()
             for parent in path.parents:
-                if not parent.is_relative_to(Path.cwd()) or parent == Path.cwd() or any(parent.iterdir()):
+                if parent == here or not parent.is_relative_to(here) or any(parent.iterdir()):
                     break
                 parent.rmdir()
         raise
