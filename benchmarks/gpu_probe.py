@@ -188,6 +188,7 @@ class Probe:
             "nst-ff eager": Stylizer(net, device=device),
         }
         rows = []
+        kernels: dict[str, list[dict[str, Any]]] = {}  # at 1024 px: where the time goes, toward 2.5 ms
         for size in self.setup["sizes"]:
             if self.left() < 60:
                 rows.append({"size": size, "skipped": "out of time"})
@@ -209,8 +210,10 @@ class Probe:
                     outputs[name] = run(image).float()
                 rows.append({"size": size, "config": name, **result, "peak_mb": self.peak()})
                 rows[-1]["psnr_vs_reference"] = psnr(outputs[name], next(iter(outputs.values())))
+                if size == self.setup["sizes"][1] and not name.startswith("reference"):
+                    kernels[name] = kernel_table(run, image)
             print_rows(rows[-len(runners) :])
-        return {"rows": rows, "execution": eager["nst-ff eager"].execution.describe()}
+        return {"rows": rows, "execution": eager["nst-ff eager"].execution.describe(), "kernels_1024": kernels}
 
     def training_steps(self) -> dict[str, Any]:
         data = PhotoDataModule(str(self.photos), str(ROOT / "assets" / "samples"), self.setup["crop"], num_workers=0)
@@ -437,6 +440,38 @@ def plot_curves(runs: dict[str, Any], path: Path) -> None:
     figure.savefig(path)
 
 
+def kernel_table(run: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor, top: int = 12) -> list[dict]:
+    """The ``top`` kernels (or CPU ops, without a GPU) by total time over 5 warm calls of ``run(image)``:
+    name, share of the total, time per call; the rest summed in one row."""
+    from torch.profiler import ProfilerActivity, profile
+
+    cuda = image.device.type == "cuda"
+    activities = [ProfilerActivity.CUDA] if cuda else [ProfilerActivity.CPU]
+    with torch.inference_mode(), profile(activities=activities) as prof:
+        for _ in range(5):
+            run(image)
+        if cuda:
+            torch.cuda.synchronize()
+    events = [e for e in prof.key_averages() if (e.device_type.name == "CUDA") == cuda]
+    time_of = (lambda e: e.self_device_time_total) if cuda else (lambda e: e.self_cpu_time_total)
+    events.sort(key=time_of, reverse=True)
+    total = sum(time_of(e) for e in events) or 1
+    rows = [
+        {"kernel": e.key[:120], "share": time_of(e) / total, "us_per_call": time_of(e) / 5, "launches": e.count // 5}
+        for e in events[:top]
+    ]
+    rest = events[top:]
+    rows.append(
+        {
+            "kernel": f"({len(rest)} others)",
+            "share": sum(map(time_of, rest)) / total,
+            "us_per_call": sum(map(time_of, rest)) / 5,
+            "launches": sum(e.count for e in rest) // 5,
+        }
+    )
+    return rows
+
+
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     mse = torch.mean((a.clamp(0, 1) - b.clamp(0, 1)) ** 2).item()
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
@@ -464,6 +499,11 @@ def summary(results: dict[str, Any]) -> str:
                 if row["size"] == size and row["config"] == config
             ]
             lines.append(f"| {config} | " + " | ".join(cells) + " |")
+    for config, kernels in inference.get("kernels_1024", {}).items():
+        top = "; ".join(
+            f"{k['kernel'][:50]} {k['share']:.0%} ({k['us_per_call']:.0f} us x{k['launches']})" for k in kernels[:6]
+        )
+        lines.append(f"where {config} spends its time: {top}")
     steps = results.get("training_steps", {})
     if "rows" in steps:
         header = f"training step at {steps['crop']} px | batch | ms | images/s | peak MB | first call s"
