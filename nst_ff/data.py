@@ -193,17 +193,28 @@ class PhotoDataModule(pl.LightningDataModule):
             if not Path(folder).is_dir():
                 raise ImageError(f"{folder}: no such folder; set {key} to a folder of photos")
         files = usable_images(find_images(self.root, TRAIN_EXTENSIONS), self.verify)
-        if len(files) < self.batch_size:
-            raise ImageError(
-                f"{self.root}: {len(files)} usable image(s) (jpg/jpeg/png/webp/bmp, searched recursively), "
-                f"fewer than one batch of {self.batch_size}; point data.root at a folder of photos"
-            )
+        self._require_batches(len(files), processes=1)
         self.train_set = PhotoDataset(files, self.image_size, self.flip, self.crop_size)
         val_files = usable_images(find_images(self.val_root, TRAIN_EXTENSIONS), True)[: self.val_count]
         if not val_files:
             raise ImageError(f"{self.val_root}: no usable validation image; set data.val_root to a folder of photos")
         self.val_images = torch.stack([center_crop(read_picture(p).rgb, self.val_image_size) for p in val_files])
         log.info("training on %d photos from %s", len(files), self.root)
+
+    def require_batches(self, processes: int) -> None:
+        """Each of ``processes`` (DDP ranks) must get a whole batch of its own photos: with fewer, a run has no
+        training step and would export an untrained network."""
+        assert self.train_set is not None, "setup() finds the photos"
+        self._require_batches(len(self.train_set.files), processes)
+
+    def _require_batches(self, count: int, processes: int) -> None:
+        if count < self.batch_size * processes:
+            each = f" for each of {processes} processes" if processes > 1 else ""
+            raise ImageError(
+                f"{self.root}: {count} usable image(s) (jpg/jpeg/png/webp/bmp, searched recursively), "
+                f"fewer than one batch of {self.batch_size}{each}; point data.root at a folder with more photos "
+                "or lower data.batch_size"
+            )
 
     def _global_step(self) -> int:
         return self.trainer.global_step if self.trainer is not None else 0

@@ -9,7 +9,9 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
+from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 
 from nst_ff.checkpoint import AtomicCheckpointIO
@@ -43,6 +45,21 @@ def check_trainer_options(trainer: dict[str, Any]) -> None:
         raise ConfigError(f"trainer.{unknown[0]}: no such Lightning Trainer argument; see the Trainer's documentation")
 
 
+def build_trainer(options: dict[str, Any], **objects: Any) -> pl.Trainer:
+    """The Lightning Trainer of ``trainer`` options; what Lightning refuses in them (a GPU asked for where there is
+    none, more devices than the machine has) is one line naming the fix, not a traceback."""
+    try:
+        return instantiate(options, **objects)
+    except InstantiationException as error:
+        if not isinstance(error.__cause__, MisconfigurationException):
+            raise
+        reason = " ".join(str(error.__cause__).split())
+        raise ConfigError(
+            f"trainer: {reason} (accelerator={options.get('accelerator')}, devices={options.get('devices')}); "
+            "trainer=auto trains on a GPU when there is one, trainer=cpu on the CPU"
+        ) from None
+
+
 def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     """Fit the model described by ``cfg`` (validated by ``nst_ff.config.validate``); return the exported model
     file (None if not exported). ``command`` is recorded in the model's metadata."""
@@ -70,7 +87,8 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     )
     logger = instantiate(cfg["logger"]) if cfg.get("logger") else False
     callbacks = [checkpoints] + ([LearningRateMonitor("step")] if logger else [])
-    trainer = instantiate(cfg["trainer"], callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
+    trainer = build_trainer(cfg["trainer"], callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
+    datamodule.require_batches(processes=trainer.world_size)
     if logger:
         logger.log_hyperparams(cfg)
     # weights_only: resuming never unpickles code from a checkpoint file.

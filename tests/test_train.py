@@ -218,6 +218,14 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
         ("data.crop_size=48", "data.crop_size=48: must be between 16 and data.image_size=32"),
         ("model.init_from=/no/model.safetensors", "/no/model.safetensors: no such model file"),
         ("model.init_from=starry_night", "model.init_from has network"),  # shipped: 32 channels, smoke: 8
+        # Lightning's refusals: before, a Hydra instantiation report and exit 1.
+        pytest.param(
+            "trainer=gpu",
+            "trainer: No supported gpu backend found! (accelerator=gpu, devices=1); trainer=auto",
+            marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there"),
+        ),
+        # 4 photos and batch 2: no process would get a batch. Before, zero steps and an untrained model, exit 0.
+        ("trainer=ddp trainer.devices=3", "fewer than one batch of 2 for each of 3 processes"),
     ],
 )
 def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path, override: str, message: str) -> None:
