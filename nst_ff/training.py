@@ -35,6 +35,8 @@ def quiet_lightning() -> None:
     warnings.filterwarnings("ignore", message=r".*is not supported by the model summary")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
     warnings.filterwarnings("ignore", message=r"`broadcast_buffers` is deprecated")
+    # Logging counts steps across epochs, so a folder of a few photos (one batch an epoch) still logs every N steps.
+    warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
 
 
 def check_trainer_options(trainer: dict[str, Any]) -> None:
@@ -84,6 +86,10 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
         monitor="step",
         mode="max",
         save_last=True,
+        # Saves on the step, whatever the epoch. Otherwise Lightning (2.6) defers a save that falls on an epoch's
+        # last batch to the next validation, up to val_check_interval steps later: with a few photos (one batch
+        # an epoch) no step checkpoint was written at all, and a killed run lost everything.
+        save_on_train_epoch_end=True,
     )
     logger = instantiate(cfg["logger"]) if cfg.get("logger") else False
     callbacks = [checkpoints] + ([LearningRateMonitor("step")] if logger else [])

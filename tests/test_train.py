@@ -88,6 +88,20 @@ def test_training_lowers_the_loss_and_logs_to_tensorboard(tmp_path: Path) -> Non
     assert (tmp_path / "tensorboard" / "hparams.yaml").is_file()
 
 
+def test_step_checkpoints_when_every_step_ends_an_epoch(tmp_path: Path) -> None:
+    """4 photos in batches of 4: each step is an epoch's last batch, whose save Lightning deferred to the next
+    validation (here none): no step checkpoint was written, and a killed run had nothing to resume from."""
+    run_training(
+        tmp_path,
+        "data.batch_size=4",
+        "trainer.max_steps=5",
+        "trainer.val_check_interval=100",
+        "checkpoint.every_n_steps=2",
+        "checkpoint.keep=-1",
+    )
+    assert {p.name for p in (tmp_path / "checkpoints").glob("step*.ckpt")} == {"step0000002.ckpt", "step0000004.ckpt"}
+
+
 def test_checkpoints_and_export(six_steps: Path) -> None:
     names = {p.name for p in (six_steps / "checkpoints").iterdir()}
     assert names == {"last.ckpt", "step0000003.ckpt", "step0000006.ckpt", "starry_night.safetensors"}
@@ -201,10 +215,12 @@ def test_multirun_sweep_records_each_jobs_own_command(tmp_path: Path) -> None:
 
 
 def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path) -> None:
-    result = run_script(*FAST, "trainer.max_steps=2", "trainer.precision=bf16-mixed", f"hydra.run.dir={tmp_path}")
+    # One batch an epoch and a logging interval of several steps: Lightning warns, wrongly here, that nothing logs.
+    args = ["trainer.max_steps=2", "trainer.precision=bf16-mixed", "data.batch_size=4", "trainer.log_every_n_steps=5"]
+    result = run_script(*FAST, *args, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    for noise in ("Tip:", "LeafSpec", "not supported by the model summary", "Warning"):
+    for noise in ("Tip:", "LeafSpec", "not supported by the model summary", "Warning", "logging interval"):
         assert noise not in output, noise
 
 
