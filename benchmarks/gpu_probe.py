@@ -226,8 +226,9 @@ class Probe:
             batch = to_float(next(iter(data.train_dataloader())).to(self.device))
             names = ["reference (eager fp32 NCHW, nn.InstanceNorm2d)", "nst-ff eager", "nst-ff compiled"]
             if batch_size == self.setup["batches"][-1]:
-                # Most of a step is the VGG (36 of ~144 GFLOP per crop forward, as much backward): its convolutions
-                # have no reflection padding, so NCHW's reason does not hold for them, and tensor cores want NHWC.
+                # Most of a step is the VGG (~85 of ~145 GFLOP per 256 px crop: the output's forward and backward, the
+                # content pass): its convolutions have no reflection padding, so NCHW's reason does not hold for
+                # them, and tensor cores want NHWC.
                 names.append(VGG_CHANNELS_LAST)
             for name in names:
                 if self.left() < 60:  # a compilation may take a minute: leave the time to later parts
