@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning_fabric.utilities.exceptions import MisconfigurationException
@@ -18,6 +19,7 @@ from nst_ff.checkpoint import AtomicCheckpointIO
 from nst_ff.device import keep_freed_memory
 from nst_ff.errors import UserError
 from nst_ff.export import save_model
+from nst_ff.net import TransformerNet
 from nst_ff.schema import ConfigError
 
 
@@ -62,6 +64,34 @@ def build_trainer(options: dict[str, Any], **objects: Any) -> pl.Trainer:
         ) from None
 
 
+def check_resume(path: Path, model: pl.LightningModule) -> None:
+    """``ckpt_path`` continues the run it was written by: the same network, style and teacher. A changed schedule,
+    loss weight or batch size is the user's choice; another network cannot load the weights (a traceback), and
+    another style or teacher would export a model of two paintings under the new one's name."""
+    try:
+        saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+        saved_net = TransformerNet(**saved["net"]).config
+    except Exception:  # any failure: not a checkpoint this command wrote
+        raise UserError(
+            f"{path}: not a train.py checkpoint; pass ckpt_path=.../checkpoints/last.ckpt to resume a run, or "
+            "model.init_from=FILE to start a new one from an exported model's weights"
+        ) from None
+    fix = f"resume with the options it was trained with, or start a new run from its weights (model.init_from={path})"
+    changed = [
+        f"model.net.{key}={value} (this run: {model.net.config[key]})"
+        for key, value in saved_net.items()
+        if model.net.config.get(key) != value
+    ]
+    if changed:
+        raise ConfigError(f"ckpt_path: {path} was trained with {', '.join(changed)}; {fix}")
+    for key in ("style", "teacher"):
+        before, now = saved.get(key), model.hparams.get(key)
+        if isinstance(before, dict) and isinstance(now, dict):  # a style: its name (the painting's path may move)
+            before, now = before.get("name"), now.get("name")
+        if before != now:
+            raise ConfigError(f"ckpt_path: {path} was trained with {key}={before} (this run: {now}); {fix}")
+
+
 def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     """Fit the model described by ``cfg`` (validated by ``nst_ff.config.validate``); return the exported model
     file (None if not exported). ``command`` is recorded in the model's metadata."""
@@ -74,6 +104,8 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     out = Path(cfg["output_dir"])
     datamodule = instantiate(cfg["data"])
     model = instantiate(cfg["model"], _convert_="all")
+    if cfg["ckpt_path"]:
+        check_resume(Path(cfg["ckpt_path"]), model)
     # Everything that can fail on the user's input (photos, painting, VGG weights) fails here, before any output.
     datamodule.setup("fit")
     model.build_loss()

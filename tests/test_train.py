@@ -253,6 +253,23 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path, override: 
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]
 
 
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # Before: a state-dict traceback, exit 1.
+        ("model.net.channels=16", "was trained with model.net.channels=8 (this run: 16)"),
+        # Before: trained on, and exported a the_scream model that was mostly starry_night.
+        ("style=the_scream", "was trained with style=starry_night (this run: the_scream)"),
+        (f"ckpt_path={PROJECT_ROOT / 'README.md'}", "README.md: not a train.py checkpoint"),
+    ],
+)
+def test_resume_refuses_another_network_or_style(six_steps: Path, tmp_path: Path, override: str, message: str) -> None:
+    result = run_script(*FAST, f"ckpt_path={six_steps / 'checkpoints' / 'last.ckpt'}", override, cwd=tmp_path)
+    assert result.returncode == 2
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not any(tmp_path.iterdir())
+
+
 def test_init_from_starts_from_a_trained_model_not_a_resume(six_steps: Path, tmp_path: Path) -> None:
     exported = six_steps / "checkpoints" / "starry_night.safetensors"
     trained, _ = load_model(exported)
