@@ -12,6 +12,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import BinaryIO
 
+from nst_ff.errors import UserError
+
 
 def _umask() -> int:
     mask = os.umask(0)
@@ -19,18 +21,33 @@ def _umask() -> int:
     return mask
 
 
+class OutputError(UserError, OSError):
+    """No file can be written at an output path the user chose (no such folder, no permission, a folder there)."""
+
+
+def cannot_write(path: str | Path, error: OSError) -> str:
+    return f"{path}: cannot write ({error.strerror or error}); choose a writable output"
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
-    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``."""
+    """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
+    Raises ``OutputError`` when ``path``'s folder cannot take a file; errors of ``write`` itself propagate."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise OutputError(cannot_write(path, error)) from None
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)
             file.flush()
             os.fsync(file.fileno())
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes files private; give the usual permissions
-        os.replace(tmp, path)
+        try:
+            os.replace(tmp, path)
+        except OSError as error:  # e.g. a folder of that name is there
+            raise OutputError(cannot_write(path, error)) from None
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise

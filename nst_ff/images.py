@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 
 from nst_ff.errors import UserError
-from nst_ff.files import atomic_write
+from nst_ff.files import OutputError, atomic_write, cannot_write
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 _SRGB = ImageCms.createProfile("sRGB")
@@ -166,5 +166,7 @@ def write_picture(path: str | Path, rgb: torch.Tensor, alpha: torch.Tensor | Non
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     try:
         atomic_write(path, lambda file: pil.save(file, format=fmt, **options))
-    except OSError as error:
-        raise ImageError(f"{path}: cannot write ({error.strerror or error}); choose a writable output") from None
+    except OutputError as error:
+        raise ImageError(str(error)) from None
+    except OSError as error:  # while writing (a full disk)
+        raise ImageError(cannot_write(path, error)) from None

@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from nst_ff.errors import UserError
-from nst_ff.files import atomic_write
+from nst_ff.files import OutputError, atomic_write
 from nst_ff.media import X264_PRESETS
 from nst_ff.pipeline import overlapped
 
@@ -296,6 +296,8 @@ def stylize_video(
 
         try:
             atomic_write(target, write)
+        except OutputError as error:
+            raise VideoError(str(error)) from None
         except av.FFmpegError as error:
             raise VideoError(f"{target}: cannot write the video ({_reason(error)})") from None
         finally:

@@ -142,6 +142,8 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
         nst_onnx.main(str(broken), str(tmp_path / "x.onnx"))
     with pytest.raises(UserError, match=r"must end in \.onnx"):
         nst_onnx.main(str(broken), str(tmp_path / "x.pt"))
+    with pytest.raises(UserError, match=r"^/proc/forbidden/x\.onnx: cannot write"):  # before: a traceback
+        nst_onnx.main("starry_night_fast", "/proc/forbidden/x.onnx")
     assert not (tmp_path / "x.onnx").exists()
     garbage = tmp_path / "garbage.onnx"
     garbage.write_bytes(b"\x00garbage")

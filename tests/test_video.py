@@ -166,6 +166,9 @@ def test_broken_empty_and_unsupported_files_give_one_line(clip: Path, tmp_path: 
         assert message.startswith(f"{source}: ") and "\n" not in message, message
         assert not target.exists()
     assert "has no video stream" in messages["sound.mkv"] and "no such file" in messages["missing.mp4"]
+    unwritable = Path("/proc/forbidden/out.mp4")  # before: a FileNotFoundError traceback
+    with pytest.raises(VideoError, match=r"^/proc/forbidden/out\.mp4: cannot write \(No such file or directory\)"):
+        stylize_video(clip, unwritable, identity, progress=False)
 
 
 def test_interrupted_run_leaves_no_output_and_keeps_an_old_one(clip: Path, tmp_path: Path) -> None:
