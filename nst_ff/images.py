@@ -155,12 +155,20 @@ def load_image(path: str | Path, long_side: int | None = None) -> torch.Tensor:
     return rgb.unsqueeze(0)
 
 
-def write_picture(path: str | Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> None:
-    """Write atomically (never a half-written file at ``path``). Formats without alpha (JPEG, BMP) drop it."""
+def output_format(path: str | Path) -> str:
+    """Pillow's format for writing ``path``, from its extension; an ``ImageError`` for names of other files (check
+    before long work, not after it)."""
     path = Path(path)
     fmt = Image.registered_extensions().get(path.suffix.lower())
     if fmt is None or path.suffix.lower() not in IMAGE_EXTENSIONS:
         raise ImageError(f"{path}: unknown output image type; end the name with one of {', '.join(IMAGE_EXTENSIONS)}")
+    return fmt
+
+
+def write_picture(path: str | Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> None:
+    """Write atomically (never a half-written file at ``path``). Formats without alpha (JPEG, BMP) drop it."""
+    path = Path(path)
+    fmt = output_format(path)
     keep_alpha = alpha is not None and fmt in ("PNG", "WEBP", "TIFF")
     pil = to_pil(rgb, alpha if keep_alpha else None)
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}

@@ -16,7 +16,7 @@ from tqdm import tqdm
 from nst_ff.color import preserve_colors
 from nst_ff.device import resolve_device
 from nst_ff.errors import UserError
-from nst_ff.images import long_side_size, read_picture, resize, write_picture
+from nst_ff.images import long_side_size, output_format, read_picture, resize, write_picture
 from nst_ff.perceptual import LossTerms, PerceptualLoss
 from nst_ff.schema import INITS, OPTIMIZERS
 
@@ -137,6 +137,7 @@ def run(cfg: dict[str, Any]) -> Path:
         raise UserError(f"{output}: is the content image; choose another output so inputs are never overwritten")
     if output.exists() and not cfg["overwrite"]:
         raise UserError(f"{output}: exists; pass overwrite=true to replace it")
+    output_format(output)
     device = resolve_device(cfg["device"])
     content = read_picture(content_path).rgb[None].to(device)
     loss_cfg = cfg["loss"]

@@ -182,7 +182,15 @@ def test_a_photo_already_at_the_stage_size_works(johnson_loss: PerceptualLoss, t
         assert total(johnson_loss, out, content) < total(johnson_loss, content, content)
 
 
-def test_a_run_that_fails_before_any_work_leaves_no_run_folder(tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        ("loss.weights.path={tmp}/no_vgg19.pth", "no_vgg19.pth: no such VGG weights file"),
+        # Before: found only when writing, after the whole optimization, which left its run folder.
+        ("output={tmp}/cat.txt", "cat.txt: unknown output image type"),
+    ],
+)
+def test_a_run_that_fails_before_any_work_leaves_no_run_folder(tmp_path: Path, override: str, message: str) -> None:
     result = subprocess.run(
         [
             sys.executable,
@@ -190,6 +198,7 @@ def test_a_run_that_fails_before_any_work_leaves_no_run_folder(tmp_path: Path) -
             f"content={SAMPLES / 'chelsea.jpg'}",
             "loss.weights.source=file",
             f"loss.weights.path={tmp_path / 'no_vgg19.pth'}",
+            override.format(tmp=tmp_path),
             f"hydra.run.dir={tmp_path / 'run'}",
         ],
         capture_output=True,
@@ -197,5 +206,5 @@ def test_a_run_that_fails_before_any_work_leaves_no_run_folder(tmp_path: Path) -
         cwd=tmp_path,
         timeout=120,
     )
-    assert result.returncode == 2 and "no_vgg19.pth: no such VGG weights file" in result.stderr
+    assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
