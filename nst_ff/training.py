@@ -12,8 +12,8 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from lightning_fabric.utilities.exceptions import MisconfigurationException
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from nst_ff.checkpoint import AtomicCheckpointIO
 from nst_ff.device import keep_freed_memory
