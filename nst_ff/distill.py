@@ -169,6 +169,8 @@ class DistillModule(StyleTransferModule):
             "steps": int(self.global_step),
             "lr": self.hparams.lr,
             "scheduler": self.hparams.scheduler,
+            "warmup_steps": self.hparams.warmup_steps,  # the student's own, not the teacher's
+            "grad_clip_ratio": self.hparams.grad_clip_ratio,
             "temporal_weight": self.hparams.temporal_weight,
             "teacher": self.teacher_info,
         }

@@ -54,6 +54,7 @@ def test_distillation_exports_a_light_model_that_carries_the_teachers_loss(six_s
     assert meta["loss"] == teacher_meta["loss"] and meta["style_sha256"] == teacher_meta["style_sha256"]
     assert meta["style"] == "starry_night_fast" and meta["teacher"]["style"] == "starry_night" and meta["steps"] == 6
     assert meta["teacher"]["net"] == teacher.config
+    assert (meta["warmup_steps"], meta["grad_clip_ratio"]) == (0, 0)  # the student's schedule, not the teacher's
     assert meta["config"]["style"]["name"] == "starry_night_fast"  # the file's name, as for any run
     checkpoint = torch.load(six_steps / "checkpoints" / "last.ckpt", weights_only=True)
     assert not any(key.startswith("encoder.") for key in checkpoint["state_dict"])  # no VGG saved
