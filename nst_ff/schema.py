@@ -268,6 +268,10 @@ class TrainConfig:
         crop = self.data.crop_size
         allowed = f"must be between 16 and data.image_size={self.data.image_size}"
         require(crop is None or 16 <= crop <= self.data.image_size, "data.crop_size", crop, allowed)
+        # A shortened trial of a recipe with a warm-up (experiment=gpu_fast: 100 steps) would never reach its rate.
+        warmup, steps = self.model.warmup_steps, self.trainer.max_steps
+        allowed = f"must be less than trainer.max_steps={steps}, or the run never reaches model.lr"
+        require(warmup < steps, "model.warmup_steps", warmup, allowed)
 
 
 @dataclass

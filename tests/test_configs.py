@@ -115,6 +115,11 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         ("train", ["data.crop_size=512"], "data.crop_size=512: must be between 16 and data.image_size=256"),
         ("train", ["model.temporal_weight=-1"], "model.temporal_weight=-1.0: must be 0 or more"),
         ("train", ["model.grad_clip_ratio=0.5"], "model.grad_clip_ratio=0.5: must be 0 (off) or more than 1, e.g. 2"),
+        (
+            "train",
+            ["experiment=gpu_fast", "trainer.max_steps=50"],
+            "model.warmup_steps=100: must be less than trainer.max_steps=50, or the run never reaches model.lr",
+        ),
         ("train", ["model.net.norm=layer"], "model.net.norm=layer: Invalid value 'layer', expected one of [instance"),
         (
             "train",
