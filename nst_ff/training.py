@@ -64,12 +64,14 @@ def build_trainer(options: dict[str, Any], **objects: Any) -> pl.Trainer:
         ) from None
 
 
-def check_resume(path: Path, model: pl.LightningModule) -> None:
-    """``ckpt_path`` continues the run it was written by: the same network, style and teacher. A changed schedule,
-    loss weight or batch size is the user's choice; another network cannot load the weights (a traceback), and
-    another style or teacher would export a model of two paintings under the new one's name."""
+def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> None:
+    """``ckpt_path`` continues the run it was written by: the same network, style and teacher, for more steps. A
+    changed schedule, loss weight or batch size is the user's choice; another network cannot load the weights (a
+    traceback), another style or teacher would export a model of two paintings under the new one's name, and
+    ``max_steps`` at or below the checkpoint's step would train nothing."""
     try:
-        saved = torch.load(path, map_location="cpu", weights_only=True)["hyper_parameters"]
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        saved, step = checkpoint["hyper_parameters"], int(checkpoint["global_step"])
         saved_net = TransformerNet(**saved["net"]).config
     except Exception:  # any failure: not a checkpoint this command wrote
         raise UserError(
@@ -90,6 +92,11 @@ def check_resume(path: Path, model: pl.LightningModule) -> None:
             before, now = before.get("name"), now.get("name")
         if before != now:
             raise ConfigError(f"ckpt_path: {path} was trained with {key}={before} (this run: {now}); {fix}")
+    if max_steps <= step:
+        raise ConfigError(
+            f"trainer.max_steps={max_steps}: {path} is at step {step} already; set trainer.max_steps above {step} "
+            "to train further (infer.py model=<checkpoint> uses it as it is)"
+        )
 
 
 def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
@@ -105,7 +112,7 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     datamodule = instantiate(cfg["data"])
     model = instantiate(cfg["model"], _convert_="all")
     if cfg["ckpt_path"]:
-        check_resume(Path(cfg["ckpt_path"]), model)
+        check_resume(Path(cfg["ckpt_path"]), model, cfg["trainer"]["max_steps"])
     # Everything that can fail on the user's input (photos, painting, VGG weights) fails here, before any output.
     datamodule.setup("fit")
     model.build_loss()

@@ -261,12 +261,17 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path, override: 
         # Before: trained on, and exported a the_scream model that was mostly starry_night.
         ("style=the_scream", "was trained with style=starry_night (this run: the_scream)"),
         (f"ckpt_path={PROJECT_ROOT / 'README.md'}", "README.md: not a train.py checkpoint"),
+        # Before: trained nothing, exit 0.
+        ("trainer.max_steps=6", "trainer.max_steps=6: " + "{last} is at step 6 already; set trainer.max_steps above 6"),
     ],
 )
-def test_resume_refuses_another_network_or_style(six_steps: Path, tmp_path: Path, override: str, message: str) -> None:
-    result = run_script(*FAST, f"ckpt_path={six_steps / 'checkpoints' / 'last.ckpt'}", override, cwd=tmp_path)
+def test_resume_refuses_what_cannot_continue_the_run(
+    six_steps: Path, tmp_path: Path, override: str, message: str
+) -> None:
+    last = six_steps / "checkpoints" / "last.ckpt"
+    result = run_script(*FAST, "trainer.max_steps=8", f"ckpt_path={last}", override, cwd=tmp_path)
     assert result.returncode == 2
-    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert message.format(last=last) in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
 
 
