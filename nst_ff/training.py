@@ -70,7 +70,8 @@ def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> None:
     traceback), another style or teacher would export a model of two paintings under the new one's name, and
     ``max_steps`` at or below the checkpoint's step would train nothing."""
     try:
-        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+        # Memory-mapped: only the small records are read here; Lightning reads the tensors when it resumes.
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         saved, step = checkpoint["hyper_parameters"], int(checkpoint["global_step"])
         saved_net = TransformerNet(**saved["net"]).config
     except Exception:  # any failure: not a checkpoint this command wrote
