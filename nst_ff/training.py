@@ -20,6 +20,7 @@ from nst_ff.device import keep_freed_memory
 from nst_ff.errors import UserError
 from nst_ff.export import save_model
 from nst_ff.net import TransformerNet
+from nst_ff.progress import StepProgressBar
 from nst_ff.schema import ConfigError
 
 
@@ -133,6 +134,8 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     )
     logger = instantiate(cfg["logger"]) if cfg.get("logger") else False
     callbacks = [checkpoints] + ([LearningRateMonitor("step")] if logger else [])
+    if cfg["trainer"].get("enable_progress_bar", True):
+        callbacks.append(StepProgressBar())
     trainer = build_trainer(cfg["trainer"], callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     datamodule.require_batches(processes=trainer.world_size)
     if logger:

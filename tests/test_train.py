@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -168,6 +169,22 @@ def test_resume_continues_exactly(six_steps: Path, tmp_path: Path) -> None:
     after_resume, _ = load_model(exported)
     for a, b in zip(straight.state_dict().values(), after_resume.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_progress_bar_counts_the_runs_steps_across_epochs(
+    six_steps: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """One bar of steps out of trainer.max_steps: a resumed run starts it at the checkpoint's step, and it does
+    not restart at each pass over the photos (4 photos, batch 2: an epoch every 2 steps)."""
+    checkpoint = six_steps / "checkpoints" / "step0000003.ckpt"
+    run_training(
+        tmp_path, *SCHEDULE, "trainer.max_steps=6", "trainer.enable_progress_bar=true", f"ckpt_path={checkpoint}"
+    )
+    shown = [
+        (int(n), int(total)) for n, total in re.findall(r"step:\s+\d+%\|[^|]*\| (\d+)/(\d+)", capsys.readouterr().out)
+    ]
+    assert shown[0] == (3, 6) and shown[-1] == (6, 6)
+    assert [n for n, _ in shown] == sorted(n for n, _ in shown) and {total for _, total in shown} == {6}
 
 
 def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path: Path) -> None:
