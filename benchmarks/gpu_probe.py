@@ -53,6 +53,9 @@ VGG_CHANNELS_LAST = "nst-ff compiled, VGG channels_last"
 PADDED_ENDS = "nst-ff compiled, 3-channel ends padded to 8"
 CAT_PADDING = "nst-ff eager, channels_last, reflection padding by concatenation"
 
+# The parts in the order they run (what the targets need most first), with the seconds each needs to start.
+PARTS = {"loader": 40, "inference": 60, "train_runs": 60, "infer_folder": 40, "training_steps": 90, "video": 60}
+
 # Sizes for the GPU, and tiny ones for --cpu-smoke (same code paths, seconds of work).
 GPU = {
     "sizes": [512, 1024, 2048, 4096],
@@ -652,17 +655,20 @@ def main() -> None:
     parser.add_argument("--carry", default=str(ROOT / ".gpu_probe"), help="made by benchmarks/make_probe_files.py")
     parser.add_argument("--budget", type=float, default=460, help="seconds for all parts together")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: checks that every part runs")
+    parser.add_argument(
+        "--parts", default=",".join(PARTS), help=f"comma-separated, in this order: {','.join(PARTS)} (default: all)"
+    )
     args = parser.parse_args()
+    chosen = args.parts.split(",")
+    if unknown := sorted(set(chosen) - set(PARTS)):
+        parser.error(f"--parts: no part {unknown[0]!r}; choose from {', '.join(PARTS)}")
     probe = Probe(args)
     if probe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     # In order of what the targets need most: a part that does not fit in what is left is skipped.
-    probe.part("loader", 40, probe.loader)
-    probe.part("inference", 60, probe.inference)
-    probe.part("train_runs", 60, probe.train_runs)
-    probe.part("infer_folder", 40, probe.infer_folder)
-    probe.part("training_steps", 90, probe.training_steps)
-    probe.part("video", 60, probe.video)
+    for name, needs_s in PARTS.items():
+        if name in chosen:
+            probe.part(name, needs_s, getattr(probe, name))
     print(summary(probe.results), flush=True)
     print(f"results: {probe.out / 'gpu_probe.json'}", flush=True)
 
