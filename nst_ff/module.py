@@ -144,7 +144,8 @@ class StyleTransferModule(pl.LightningModule):
     def describe_run(self, precision: str) -> str:
         """The one line saying what the training runs on."""
         compiled_how = f"compiled ({self.compile_mode})" if self.compile_mode else "not compiled"
-        return f"training on {self.execution.describe()}, precision {precision}, {compiled_how}"
+        parameters = f"{sum(p.numel() for p in self.net.parameters()):,} parameters"
+        return f"training on {self.execution.describe()}, precision {precision}, {compiled_how}; {parameters}"
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.net(images.contiguous(memory_format=self.execution.memory_format))

@@ -237,8 +237,10 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
     result = run_script(*FAST, *args, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
     output = result.stdout + result.stderr
-    for noise in ("Tip:", "LeafSpec", "not supported by the model summary", "Warning", "logging interval"):
+    for noise in ("Tip:", "LeafSpec", "not supported by the model summary", "Warning", "logging interval", "FLOPs"):
         assert noise not in output, noise
+    # In place of Lightning's summary table (which counted no FLOPs and no VGG): the run in one line.
+    assert re.search(r"training on cpu, .*, precision bf16-mixed, not compiled; [\d,]+ parameters", output)
 
 
 @pytest.mark.parametrize(
