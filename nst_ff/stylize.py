@@ -16,7 +16,7 @@ from PIL import Image
 from nst_ff.color import preserve_colors
 from nst_ff.device import keep_freed_memory, resolve_device
 from nst_ff.execution import compiled, inference_execution, tile_above_pixels
-from nst_ff.export import load_model
+from nst_ff.export import load_model, resolve_model
 from nst_ff.images import Picture, decode, long_side_size, resize, to_pil
 from nst_ff.net import TransformerNet
 from nst_ff.tiling import stylize_tiled
@@ -73,8 +73,10 @@ class Stylizer:
         self.tile_size, self.tile_overlap = tile_size, tile_overlap
 
     @classmethod
-    def from_file(cls, path: str | Path, **options: Any) -> Stylizer:
-        net, _ = load_model(path)
+    def from_file(cls, model: str | Path, **options: Any) -> Stylizer:
+        """A model file (``.safetensors``, ``.ckpt``, ``.onnx``) or a name as ``infer.py model=`` takes it: a shipped
+        model, or one in the user's models folder (``nst_ff.export.resolve_model``). ``options``: the constructor's."""
+        net, _ = load_model(resolve_model(str(model)))
         return cls(net, **options)
 
     def _run(self, images: torch.Tensor) -> torch.Tensor:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +16,7 @@ from nst_ff.device import auto_precision, cpu_has_fast_bf16, resolve_dtype
 from nst_ff.errors import UserError
 from nst_ff.images import decode, load_image
 from nst_ff.net import InstanceNorm, TransformerNet
+from nst_ff.paths import PROJECT_ROOT
 from nst_ff.stylize import Stylizer
 from nst_ff.tiling import stylize_tiled
 from tests.conftest import SAMPLES, small_net
@@ -242,3 +244,15 @@ def test_a_short_batch_runs_padded_to_the_size_its_shape_ran_as(net: Transformer
     assert sizes == [3, 3, 2]  # only a shape that ran as a larger batch is padded
     assert short.shape == batch[1:].shape and torch.allclose(short, full[1:], atol=1e-5)
     assert torch.allclose(other_shape, reference(net, batch[:2, :, :100]), atol=1e-5)
+
+
+def test_from_file_takes_a_shipped_models_name_from_any_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    photo = load_image(SAMPLES / "rocket.jpg", 128)
+    by_name = Stylizer.from_file("starry_night_fast", precision="fp32")(photo)
+    by_path = Stylizer.from_file(PROJECT_ROOT / "checkpoints" / "starry_night_fast.safetensors", precision="fp32")(
+        photo
+    )
+    assert torch.equal(by_name, by_path)
+    with pytest.raises(UserError, match="no_such_style: no such model file or shipped model"):
+        Stylizer.from_file("no_such_style")
