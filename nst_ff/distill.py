@@ -48,6 +48,7 @@ class DistillModule(StyleTransferModule):
         scheduler: str = "none",
         warmup_steps: int = 0,
         grad_clip_ratio: float = 0.0,
+        adam_beta2: float = 0.999,
         channels_last: bool | None = None,
         init_from: str | None = None,
         compile: bool | str = "auto",
@@ -73,6 +74,7 @@ class DistillModule(StyleTransferModule):
             scheduler=scheduler,
             warmup_steps=warmup_steps,
             grad_clip_ratio=grad_clip_ratio,
+            adam_beta2=adam_beta2,
             channels_last=channels_last,
             init_from=init_from,
             compile=compile,
@@ -171,6 +173,7 @@ class DistillModule(StyleTransferModule):
             "scheduler": self.hparams.scheduler,
             "warmup_steps": self.hparams.warmup_steps,  # the student's own, not the teacher's
             "grad_clip_ratio": self.hparams.grad_clip_ratio,
+            "adam_beta2": self.hparams.adam_beta2,
             "temporal_weight": self.hparams.temporal_weight,
             "teacher": self.teacher_info,
         }

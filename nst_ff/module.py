@@ -88,6 +88,7 @@ class StyleTransferModule(pl.LightningModule):
         scheduler: str = "none",
         warmup_steps: int = 0,
         grad_clip_ratio: float = 0.0,
+        adam_beta2: float = 0.999,
         channels_last: bool | None = None,
         init_from: str | None = None,
         compile: bool | str = "auto",
@@ -250,7 +251,10 @@ class StyleTransferModule(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         optimizer = torch.optim.Adam(
-            self.net.parameters(), lr=self.hparams.lr, fused=fused_optimizer(self.execution.device)
+            self.net.parameters(),
+            lr=self.hparams.lr,
+            betas=(0.9, self.hparams.adam_beta2),
+            fused=fused_optimizer(self.execution.device),
         )
         warmup = self.hparams.warmup_steps
         steps = max(int(self.trainer.max_steps) - warmup, 1)
@@ -286,5 +290,6 @@ class StyleTransferModule(pl.LightningModule):
             "scheduler": self.hparams.scheduler,
             "warmup_steps": self.hparams.warmup_steps,
             "grad_clip_ratio": self.hparams.grad_clip_ratio,
+            "adam_beta2": self.hparams.adam_beta2,
             "temporal_weight": self.hparams.temporal_weight,
         }

