@@ -72,6 +72,7 @@ GPU = {
             "model.lr=1e-3",
             "model.warmup_steps=0",
             "model.grad_clip_ratio=0",
+            "model.adam_beta2=0.999",
             "trainer.max_steps=4000",
             "trainer.val_check_interval=400",
         ],
