@@ -218,6 +218,7 @@ class StyleTransferModule(pl.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["grad_norm_average"] = self.grad_norm_average.detach().cpu()
+        checkpoint["max_steps"] = int(self.trainer.max_steps)  # the steps its schedule runs over (resume checks)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "grad_norm_average" in checkpoint:

@@ -66,14 +66,18 @@ def build_trainer(options: dict[str, Any], **objects: Any) -> pl.Trainer:
 
 
 def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> None:
-    """``ckpt_path`` continues the run it was written by: the same network, style and teacher, for more steps. A
-    changed schedule, loss weight or batch size is the user's choice; another network cannot load the weights (a
-    traceback), another style or teacher would export a model of two paintings under the new one's name, and
-    ``max_steps`` at or below the checkpoint's step would train nothing."""
+    """``ckpt_path`` continues the run it was written by: the same network, style and teacher, for more steps, with
+    its optimizer and schedule. A changed loss weight, batch size or gradient clip is the user's choice; another
+    network cannot load the weights (a traceback), another style or teacher would export a model of two paintings
+    under the new one's name, ``max_steps`` at or below the checkpoint's step would train nothing, and a changed
+    learning rate, Adam beta2 or schedule would be silently replaced by the checkpoint's (Lightning restores the
+    optimizer and scheduler states), as would a cosine or step schedule's length: extended, a cosine schedule
+    climbs back from 0 to the full rate."""
     try:
         # Memory-mapped: only the small records are read here; Lightning reads the tensors when it resumes.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
         saved, step = checkpoint["hyper_parameters"], int(checkpoint["global_step"])
+        schedule_steps = checkpoint.get("max_steps")  # None: written before checkpoints recorded it
         saved_net = TransformerNet(**saved["net"]).config
     except Exception:  # any failure: not a checkpoint this command wrote
         raise UserError(
@@ -94,10 +98,25 @@ def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> None:
             before, now = before.get("name"), now.get("name")
         if before != now:
             raise ConfigError(f"ckpt_path: {path} was trained with {key}={before} (this run: {now}); {fix}")
+    defaults = {"adam_beta2": 0.999}  # options newer than some checkpoints
+    for key in ("lr", "adam_beta2", "scheduler", "warmup_steps"):
+        before, now = saved.get(key, defaults.get(key)), model.hparams.get(key)
+        if before != now:
+            raise ConfigError(
+                f"ckpt_path: {path} was trained with model.{key}={before} (this run: {now}), and a resumed run keeps "
+                f"its optimizer and schedule; {fix}"
+            )
     if max_steps <= step:
         raise ConfigError(
             f"trainer.max_steps={max_steps}: {path} is at step {step} already; set trainer.max_steps above {step} "
             "to train further (infer.py model=<checkpoint> uses it as it is)"
+        )
+    scheduler = model.hparams.get("scheduler")
+    if scheduler in ("cosine", "step") and schedule_steps is not None and max_steps != schedule_steps:
+        raise ConfigError(
+            f"trainer.max_steps={max_steps}: {path} has a {scheduler} schedule over {schedule_steps} steps, which a "
+            f"resume keeps; resume with trainer.max_steps={schedule_steps}, or train further as a new run from its "
+            f"weights (model.init_from={path})"
         )
 
 

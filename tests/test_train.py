@@ -277,19 +277,24 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path, override: 
     ("override", "message"),
     [
         # Before: a state-dict traceback, exit 1.
-        ("model.net.channels=16", "was trained with model.net.channels=8 (this run: 16)"),
+        ("trainer.max_steps=8 model.net.channels=16", "was trained with model.net.channels=8 (this run: 16)"),
         # Before: trained on, and exported a the_scream model that was mostly starry_night.
-        ("style=the_scream", "was trained with style=starry_night (this run: the_scream)"),
-        (f"ckpt_path={PROJECT_ROOT / 'README.md'}", "README.md: not a train.py checkpoint"),
+        ("trainer.max_steps=8 style=the_scream", "was trained with style=starry_night (this run: the_scream)"),
+        (f"trainer.max_steps=8 ckpt_path={PROJECT_ROOT / 'README.md'}", "README.md: not a train.py checkpoint"),
         # Before: trained nothing, exit 0.
-        ("trainer.max_steps=6", "trainer.max_steps=6: " + "{last} is at step 6 already; set trainer.max_steps above 6"),
+        ("trainer.max_steps=6", "trainer.max_steps=6: {last} is at step 6 already; set trainer.max_steps above 6"),
+        # Before: silently replaced by the checkpoint's optimizer and scheduler states.
+        ("trainer.max_steps=6 model.lr=5e-4", "was trained with model.lr=0.001 (this run: 0.0005), and a resumed run"),
+        ("trainer.max_steps=6 model.adam_beta2=0.999", "was trained with model.adam_beta2=0.99 (this run: 0.999)"),
+        # Before: the cosine schedule ran past its end, back up from 0 to the full rate.
+        ("trainer.max_steps=8", "trainer.max_steps=8: {last} has a cosine schedule over 6 steps, which a resume keeps"),
     ],
 )
 def test_resume_refuses_what_cannot_continue_the_run(
     six_steps: Path, tmp_path: Path, override: str, message: str
 ) -> None:
     last = six_steps / "checkpoints" / "last.ckpt"
-    result = run_script(*FAST, "trainer.max_steps=8", f"ckpt_path={last}", override, cwd=tmp_path)
+    result = run_script(*FAST, *SCHEDULE, f"ckpt_path={last}", *override.split(), cwd=tmp_path)
     assert result.returncode == 2
     assert message.format(last=last) in result.stderr and len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
