@@ -65,6 +65,10 @@ def build_trainer(options: dict[str, Any], **objects: Any) -> pl.Trainer:
         ) from None
 
 
+# Lightning restores a checkpoint's optimizer and scheduler states over the ones this run's options built.
+OPTIMIZER_KEPT = ", and a resumed run keeps its optimizer and schedule"
+
+
 def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> None:
     """``ckpt_path`` continues the run it was written by: the same network, style and teacher, for more steps, with
     its optimizer and schedule. A changed loss weight, batch size or gradient clip is the user's choice; another
@@ -92,20 +96,16 @@ def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> None:
     ]
     if changed:
         raise ConfigError(f"ckpt_path: {path} was trained with {', '.join(changed)}; {fix}")
-    for key in ("style", "teacher"):
-        before, now = saved.get(key), model.hparams.get(key)
+    # Options newer than a checkpoint take the value they had before they existed: the constructor's default.
+    parameters = inspect.signature(type(model).__init__).parameters.values()
+    defaults = {p.name: p.default for p in parameters if p.default is not inspect.Parameter.empty}
+    for key in ("style", "teacher", "lr", "adam_beta2", "scheduler", "warmup_steps"):
+        before, now = saved.get(key, defaults.get(key)), model.hparams.get(key)
         if isinstance(before, dict) and isinstance(now, dict):  # a style: its name (the painting's path may move)
             before, now = before.get("name"), now.get("name")
         if before != now:
-            raise ConfigError(f"ckpt_path: {path} was trained with {key}={before} (this run: {now}); {fix}")
-    defaults = {"adam_beta2": 0.999}  # options newer than some checkpoints
-    for key in ("lr", "adam_beta2", "scheduler", "warmup_steps"):
-        before, now = saved.get(key, defaults.get(key)), model.hparams.get(key)
-        if before != now:
-            raise ConfigError(
-                f"ckpt_path: {path} was trained with model.{key}={before} (this run: {now}), and a resumed run keeps "
-                f"its optimizer and schedule; {fix}"
-            )
+            option, kept = (key, "") if key in ("style", "teacher") else (f"model.{key}", OPTIMIZER_KEPT)
+            raise ConfigError(f"ckpt_path: {path} was trained with {option}={before} (this run: {now}){kept}; {fix}")
     if max_steps <= step:
         raise ConfigError(
             f"trainer.max_steps={max_steps}: {path} is at step {step} already; set trainer.max_steps above {step} "
