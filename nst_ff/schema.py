@@ -220,6 +220,19 @@ class TrainerConfig:
     def validate(self) -> None:
         require(self.max_steps >= 1, "trainer.max_steps", self.max_steps, "must be 1 or more")
         require(self.log_every_n_steps >= 1, "trainer.log_every_n_steps", self.log_every_n_steps, "must be 1 or more")
+        # Lightning takes these and fails later: 0 steps between validations divides by zero at the first step,
+        # and max_epochs=0 stops before any step, so an untrained network would be exported.
+        interval = self.val_check_interval
+        require(
+            not isinstance(interval, int) or interval >= 1,
+            "trainer.val_check_interval",
+            interval,
+            "must be 1 or more steps",
+        )
+        allowed = "-1 (count steps only) or 1 or more"
+        require(self.max_epochs == -1 or self.max_epochs >= 1, "trainer.max_epochs", self.max_epochs, allowed)
+        allowed = "-1 (all) or 0 or more"
+        require(self.num_sanity_val_steps >= -1, "trainer.num_sanity_val_steps", self.num_sanity_val_steps, allowed)
 
 
 @dataclass

@@ -21,7 +21,7 @@ from nst_ff.errors import UserError
 from nst_ff.export import save_model
 from nst_ff.net import TransformerNet
 from nst_ff.progress import StepProgressBar
-from nst_ff.schema import ConfigError
+from nst_ff.schema import ConfigError, require
 
 
 class _DropAdvertising(logging.Filter):
@@ -48,21 +48,33 @@ def check_trainer_options(trainer: dict[str, Any]) -> None:
     unknown = sorted(set(trainer) - accepted)
     if unknown:
         raise ConfigError(f"trainer.{unknown[0]}: no such Lightning Trainer argument; see the Trainer's documentation")
+    # Lightning takes 0 and divides by it at the first step.
+    accumulate = trainer.get("accumulate_grad_batches", 1)
+    require(
+        isinstance(accumulate, int) and accumulate >= 1,
+        "trainer.accumulate_grad_batches",
+        accumulate,
+        "must be 1 or more",
+    )
 
 
 def build_trainer(options: dict[str, Any], **objects: Any) -> pl.Trainer:
     """The Lightning Trainer of ``trainer`` options; what Lightning refuses in them (a GPU asked for where there is
-    none, more devices than the machine has) is one line naming the fix, not a traceback."""
+    none, more devices than the machine has, an unknown precision or strategy, a missing accelerator package) is
+    one line naming the fix, not a traceback."""
     try:
         return instantiate(options, **objects)
     except InstantiationException as error:
-        if not isinstance(error.__cause__, MisconfigurationException):
+        refusal = error.__cause__
+        if not isinstance(refusal, MisconfigurationException | ValueError | ImportError):
             raise
-        reason = " ".join(str(error.__cause__).split())
-        raise ConfigError(
-            f"trainer: {reason} (accelerator={options.get('accelerator')}, devices={options.get('devices')}); "
-            "trainer=auto trains on a GPU when there is one, trainer=cpu on the CPU"
-        ) from None
+        reason = " ".join(str(refusal).split())
+        if isinstance(refusal, MisconfigurationException):  # the devices asked for are not all here
+            raise ConfigError(
+                f"trainer: {reason} (accelerator={options.get('accelerator')}, devices={options.get('devices')}); "
+                "trainer=auto trains on a GPU when there is one, trainer=cpu on the CPU"
+            ) from None
+        raise ConfigError(f"trainer: {reason}; see conf/trainer/ and the Lightning Trainer's documentation") from None
 
 
 # Lightning restores a checkpoint's optimizer and scheduler states over the ones this run's options built.

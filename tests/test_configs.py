@@ -116,6 +116,9 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         ("train", ["model.temporal_weight=-1"], "model.temporal_weight=-1.0: must be 0 or more"),
         ("train", ["model.grad_clip_ratio=0.5"], "model.grad_clip_ratio=0.5: must be 0 (off) or more than 1, e.g. 2"),
         ("train", ["model.adam_beta2=1"], "model.adam_beta2=1.0: must be between 0 and 1, e.g. 0.999"),
+        # Lightning took these: a division by zero at the first step; an untrained network exported.
+        ("train", ["trainer.val_check_interval=0"], "trainer.val_check_interval=0: must be 1 or more steps"),
+        ("train", ["trainer.max_epochs=0"], "trainer.max_epochs=0: -1 (count steps only) or 1 or more"),
         (
             "train",
             ["experiment=gpu_fast", "trainer.max_steps=50"],
