@@ -193,8 +193,8 @@ class PhotoDataModule(pl.LightningDataModule):
             if not Path(folder).is_dir():
                 raise ImageError(f"{folder}: no such folder; set {key} to a folder of photos")
         files = usable_images(find_images(self.root, TRAIN_EXTENSIONS), self.verify)
-        self._require_batches(len(files), processes=1)
         self.train_set = PhotoDataset(files, self.image_size, self.flip, self.crop_size)
+        self.require_batches(processes=1)
         val_files = usable_images(find_images(self.val_root, TRAIN_EXTENSIONS), True)[: self.val_count]
         if not val_files:
             raise ImageError(f"{self.val_root}: no usable validation image; set data.val_root to a folder of photos")
@@ -205,9 +205,7 @@ class PhotoDataModule(pl.LightningDataModule):
         """Each of ``processes`` (DDP ranks) must get a whole batch of its own photos: with fewer, a run has no
         training step and would export an untrained network."""
         assert self.train_set is not None, "setup() finds the photos"
-        self._require_batches(len(self.train_set.files), processes)
-
-    def _require_batches(self, count: int, processes: int) -> None:
+        count = len(self.train_set.files)
         if count < self.batch_size * processes:
             each = f" for each of {processes} processes" if processes > 1 else ""
             raise ImageError(
