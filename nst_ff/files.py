@@ -29,15 +29,28 @@ def cannot_write(path: str | Path, error: OSError) -> str:
     return f"{path}: cannot write ({error.strerror or error}); choose a writable output"
 
 
+def _temporary_beside(path: Path) -> tuple[int, str]:
+    """A new temporary file in ``path``'s folder (created if missing): its descriptor and name."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        return tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    except OSError as error:
+        raise OutputError(cannot_write(path, error)) from None
+
+
+def require_writable(path: str | Path) -> None:
+    """Raise ``OutputError`` now if ``path``'s folder cannot take a file: for commands that work for minutes
+    before they write their output."""
+    fd, tmp = _temporary_beside(Path(path))
+    os.close(fd)
+    os.unlink(tmp)
+
+
 def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     """Call ``write(file)`` on a temporary file beside ``path``, flush it to disk, then rename it over ``path``.
     Raises ``OutputError`` when ``path``'s folder cannot take a file; errors of ``write`` itself propagate."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    except OSError as error:
-        raise OutputError(cannot_write(path, error)) from None
+    fd, tmp = _temporary_beside(path)
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)

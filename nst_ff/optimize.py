@@ -16,6 +16,7 @@ from tqdm import tqdm
 from nst_ff.color import preserve_colors
 from nst_ff.device import resolve_device
 from nst_ff.errors import UserError
+from nst_ff.files import require_writable
 from nst_ff.images import long_side_size, output_format, read_picture, resize, write_picture
 from nst_ff.perceptual import LossTerms, PerceptualLoss
 from nst_ff.schema import INITS, OPTIMIZERS
@@ -138,6 +139,7 @@ def run(cfg: dict[str, Any]) -> Path:
     if output.exists() and not cfg["overwrite"]:
         raise UserError(f"{output}: exists; pass overwrite=true to replace it")
     output_format(output)
+    require_writable(output)  # now, not after minutes of optimisation
     device = resolve_device(cfg["device"])
     content = read_picture(content_path).rgb[None].to(device)
     loss_cfg = cfg["loss"]

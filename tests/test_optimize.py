@@ -188,9 +188,12 @@ def test_a_photo_already_at_the_stage_size_works(johnson_loss: PerceptualLoss, t
         ("loss.weights.path={tmp}/no_vgg19.pth", "no_vgg19.pth: no such VGG weights file"),
         # Before: found only when writing, after the whole optimization, which left its run folder.
         ("output={tmp}/cat.txt", "cat.txt: unknown output image type"),
+        # Before: found after the whole optimization. A file stands where the output's folder would be.
+        ("output={tmp}/notes.txt/cat.jpg", "notes.txt/cat.jpg: cannot write (File exists); choose a writable output"),
     ],
 )
 def test_a_run_that_fails_before_any_work_leaves_no_run_folder(tmp_path: Path, override: str, message: str) -> None:
+    (tmp_path / "notes.txt").write_text("a file, not a folder")
     result = subprocess.run(
         [
             sys.executable,
