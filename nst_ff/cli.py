@@ -10,18 +10,44 @@ Each command imports its package module when it runs, so that e.g. nst-infer doe
 from __future__ import annotations
 
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 from nst_ff.config import check_command_line, job_command, register_resolvers, style_path_overrides, validate
 from nst_ff.errors import exit_on_user_error
 from nst_ff.files import removed_if_unused
 from nst_ff.paths import CONFIG_DIR
 from nst_ff.schema import ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig
+
+
+def _help(config_dir: Path, config_name: str, summary: str) -> bool:
+    """``-h``/``--help``: print the command's options and return True. The config files are printed as they are,
+    since their comments document each option (Hydra's own help prints the composed config without them, and for
+    train.py lists the other commands' folders as groups): the command's file, then for each group it composes
+    the choices and the chosen file. Hydra's settings (``hydra:``) are left out; ``--hydra-help`` shows its flags."""
+    if not any(argument in ("-h", "--help") for argument in sys.argv[1:]):
+        return False
+    config_file = config_dir / f"{config_name}.yaml"
+    lines = [f"{Path(sys.argv[0]).name}: {summary}; options are key=value", "", f"{config_file}:", ""]
+    lines.append(config_file.read_text().split("\nhydra:")[0].rstrip())
+    defaults = OmegaConf.to_container(OmegaConf.load(config_file)).get("defaults", [])
+    for group, chosen in (item for entry in defaults if isinstance(entry, dict) for item in entry.items()):
+        if group.startswith("override "):
+            continue
+        choices = ", ".join(sorted(path.stem for path in (config_dir / group).glob("*.yaml")))
+        if chosen is None:
+            lines += ["", f"{group}=: none by default; one of {choices}"]
+            continue
+        lines += ["", f"{group}={chosen} (one of {choices}); its options are {group}.KEY=VALUE:", ""]
+        lines.append(textwrap.indent((config_dir / group / f"{chosen}.yaml").read_text().rstrip(), "    "))
+    lines += ["", "--cfg job [key=value ...]: the whole config these options compose; --hydra-help: Hydra's flags"]
+    print("\n".join(lines))
+    return True
 
 
 def _check_command_line(config_dir: Path, config_name: str, style_paths: bool = False) -> DictConfig | None:
@@ -55,6 +81,8 @@ def _train(cfg: DictConfig) -> None:
 
 def train() -> None:
     """Train a style's network (conf/train.yaml); the run folder is outputs/<style>/<time> in the current folder."""
+    if _help(CONFIG_DIR, "train", "train a style's network; the run folder is outputs/<style>/<time> here"):
+        return
     _check_command_line(CONFIG_DIR, "train", style_paths=True)
     _train()
 
@@ -68,6 +96,8 @@ def _infer(cfg: DictConfig) -> None:
 
 def infer() -> None:
     """Stylise photos and videos with a model (conf/infer/infer.yaml)."""
+    if _help(CONFIG_DIR / "infer", "infer", "stylise photos and videos with a trained model"):
+        return
     _launch(CONFIG_DIR / "infer", "infer", _infer)
 
 
@@ -81,6 +111,8 @@ def _optimize(cfg: DictConfig) -> None:
 
 def optimize() -> None:
     """Stylise one photo by optimising its pixels (conf/optimize.yaml)."""
+    if _help(CONFIG_DIR, "optimize", "stylise one photo by optimising its pixels (Gatys et al.)"):
+        return
     _check_command_line(CONFIG_DIR, "optimize", style_paths=True)
     _optimize()
 
@@ -94,6 +126,8 @@ def _export(cfg: DictConfig) -> None:
 
 def export() -> None:
     """Export a model to ONNX (conf/export/export.yaml)."""
+    if _help(CONFIG_DIR / "export", "export", "export a model to ONNX"):
+        return
     _launch(CONFIG_DIR / "export", "export", _export)
 
 
@@ -106,4 +140,6 @@ def _serve(cfg: DictConfig) -> None:
 
 def serve() -> None:
     """Serve the web page (conf/serve/serve.yaml)."""
+    if _help(CONFIG_DIR / "serve", "serve", "serve a web page that stylises photos"):
+        return
     _launch(CONFIG_DIR / "serve", "serve", _serve)

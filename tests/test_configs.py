@@ -206,6 +206,25 @@ def test_entry_points_print_one_line_and_exit_2(tmp_path: Path, script: str, arg
     assert not (tmp_path / "run").exists()  # a command stopped by a mistake leaves no run folder
 
 
+@pytest.mark.parametrize(
+    ("script", "flag", "documented"),
+    [
+        ("train.py", "--help", ["root: ???                # e.g.", "style=starry_night (one of composition_vii,"]),
+        ("infer.py", "-h", ["strength: 1.0           # 0..1", "preset: medium        # H.264 encoder speed"]),
+        ("optimize.py", "--help", ["steps: 200               # per stage", "loss=gatys2016 (one of gatys2016,"]),
+    ],
+)
+def test_help_prints_each_option_with_its_comment(script: str, flag: str, documented: list[str]) -> None:
+    result = subprocess.run(
+        [sys.executable, str(PROJECT_ROOT / script), flag], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0 and not result.stderr
+    for line in documented:
+        assert line in result.stdout, line
+    # Hydra's help listed the other commands' config folders as groups of train.py, and Hydra's own settings.
+    assert "\ninfer" not in result.stdout and "\nhydra:" not in result.stdout
+
+
 def test_hydra_flags_and_their_values_are_not_taken_for_overrides() -> None:
     arguments = ["--cfg", "job", "-cn", "train", "--info", "defaults", "--multirun", "seed=1", "--info", "data.root=x"]
     assert task_overrides(arguments) == ["seed=1", "data.root=x"]
