@@ -20,7 +20,9 @@ from nst_ff.schema import ConfigError
 
 def style_path_overrides(args: list[str]) -> list[str]:
     """Let ``style=`` name a painting's file as well as a ``conf/style`` option: ``style=a/b.jpg``
-    becomes ``style.name=b style.image=/abs/a/b.jpg`` (Hydra would otherwise look for a config)."""
+    becomes ``style.name=b style.image=/abs/a/b.jpg`` (Hydra would otherwise look for a config). A
+    ``style.image=a/b.jpg`` without ``style.name=`` names the style ``b`` too: otherwise the default style's
+    name stayed, and the run folder, the exported model and a resume's style check all said starry_night."""
     out = []
     for arg in args:
         key, _, value = arg.partition("=")
@@ -29,6 +31,9 @@ def style_path_overrides(args: list[str]) -> list[str]:
             out += [f"style.name={path.stem}", f"style.image={path}"]
         else:
             out.append(arg)
+    images = [arg.partition("=")[2] for arg in out if arg.startswith("style.image=")]
+    if images and Path(images[-1]).suffix and not any(arg.startswith("style.name=") for arg in out):
+        out.append(f"style.name={Path(images[-1]).stem}")
     return out
 
 

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from nst_ff.config import check_command_line, task_overrides, validate
+from nst_ff.config import check_command_line, style_path_overrides, task_overrides, validate
 from nst_ff.data import PhotoDataModule
 from nst_ff.errors import UserError
 from nst_ff.module import StyleTransferModule
@@ -223,6 +223,18 @@ def test_help_prints_each_option_with_its_comment(script: str, flag: str, docume
         assert line in result.stdout, line
     # Hydra's help listed the other commands' config folders as groups of train.py, and Hydra's own settings.
     assert "\ninfer" not in result.stdout and "\nhydra:" not in result.stdout
+
+
+def test_a_painting_given_by_its_file_names_the_style(tmp_path: Path) -> None:
+    painting = tmp_path / "my_garden.jpg"
+    painting.write_bytes((PROJECT_ROOT / "assets" / "styles" / "great_wave.jpg").read_bytes())
+    assert style_path_overrides([f"style={painting}"]) == ["style.name=my_garden", f"style.image={painting}"]
+    # Before: style.image alone kept the default style's name (starry_night) for the run folder and the model.
+    assert style_path_overrides([f"style.image={painting}", "seed=1"])[-1] == "style.name=my_garden"
+    assert style_path_overrides([f"style.image={painting}", "style.name=mine"]) == [
+        f"style.image={painting}",
+        "style.name=mine",
+    ]
 
 
 def test_hydra_flags_and_their_values_are_not_taken_for_overrides() -> None:
