@@ -17,7 +17,7 @@ def test_every_part_of_the_probe_runs(tmp_path: Path) -> None:
     result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((out / "gpu_probe.json").read_text())
-    parts = ("loader", "inference", "train_runs", "infer_folder", "training_steps", "video")
+    parts = ("inference", "train_runs", "infer_folder", "training_steps", "loader", "video")
     for part in parts:
         assert "error" not in results[part] and "skipped" not in results[part], (part, results[part])
     runs = results["train_runs"]
