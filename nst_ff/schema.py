@@ -338,7 +338,8 @@ class InferConfig:
         pixels = self.tile_above == "auto" or (isinstance(self.tile_above, int) and self.tile_above >= 1)
         require(pixels, "tile_above", self.tile_above, "auto (the device's choice) or 1 or more pixels")
         require(self.tile_size >= 64, "tile_size", self.tile_size, "must be 64 or more")
-        require(0 <= self.tile_overlap < self.tile_size // 2, "tile_overlap", self.tile_overlap, "0 to tile_size/2")
+        allowed = f"must be at least 0 and less than half of tile_size={self.tile_size}"
+        require(0 <= self.tile_overlap < self.tile_size // 2, "tile_overlap", self.tile_overlap, allowed)
 
 
 @dataclass
