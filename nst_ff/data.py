@@ -91,11 +91,14 @@ class PhotoDataset(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> torch.Tensor:
         index, seed = key
         generator = torch.Generator().manual_seed(seed)
+        # Big JPEGs decode at a reduced scale that leaves twice the short side the crop is resized to: the
+        # antialiased resize then still halves it or more, so crops stay within ~2 levels of a full decode's
+        # (mean absolute difference), and a 12-megapixel photo takes 17 ms instead of 186 ms.
         # A file that broke after the start-up check is replaced by the next one, never a crash.
         for offset in range(len(self.files)):
             path = self.files[(index + offset) % len(self.files)]
             try:
-                rgb = read_picture(path, torch.uint8).rgb
+                rgb = read_picture(path, torch.uint8, min_short_side=2 * self.image_size).rgb
                 return random_crop(rgb, self.image_size, self.flip, generator, self.crop_size)
             except ImageError as error:
                 self.failures += 1

@@ -81,11 +81,16 @@ def decode(image: Image.Image, dtype: torch.dtype = torch.float32) -> Picture:
     return Picture(to_tensor(_to_srgb(image).convert("RGB"), dtype), alpha)
 
 
-def read_picture(path: str | Path, dtype: torch.dtype = torch.float32) -> Picture:
-    """Decode an image file fully (``dtype`` as in ``decode``); failures become one-line ``ImageError``s."""
+def read_picture(path: str | Path, dtype: torch.dtype = torch.float32, min_short_side: int | None = None) -> Picture:
+    """Decode an image file fully (``dtype`` as in ``decode``); failures become one-line ``ImageError``s.
+    ``min_short_side``: a JPEG is decoded at the smallest of 1/1, 1/2, 1/4 and 1/8 scale (libjpeg scales in
+    its inverse DCT) whose short side is still at least this (a 12-megapixel photo at 1/8: 11 ms instead of
+    150 ms); other formats decode fully."""
     path = Path(path)
     try:
         with Image.open(path) as image:
+            if min_short_side:
+                image.draft(image.mode, (min_short_side, min_short_side))
             image.load()
             return decode(image, dtype)
     except FileNotFoundError:
