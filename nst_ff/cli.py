@@ -18,7 +18,14 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from nst_ff.config import check_command_line, job_command, register_resolvers, style_path_overrides, validate
+from nst_ff.config import (
+    check_command_line,
+    job_command,
+    register_resolvers,
+    style_path_overrides,
+    tilde_overrides,
+    validate,
+)
 from nst_ff.errors import exit_on_user_error
 from nst_ff.files import removed_if_unused
 from nst_ff.paths import CONFIG_DIR
@@ -52,10 +59,12 @@ def _help(config_dir: Path, config_name: str, summary: str) -> bool:
 
 def _check_command_line(config_dir: Path, config_name: str, style_paths: bool = False) -> DictConfig | None:
     """Compose the config before Hydra does, so that its errors are one line (see ``check_command_line``);
-    ``style_paths``: ``style=`` may name a painting's file (``style_path_overrides``)."""
+    ``style_paths``: ``style=`` may name a painting's file (``style_path_overrides``). Values may hold a ``~``
+    (``tilde_overrides``)."""
     register_resolvers()
     if style_paths:
         sys.argv[1:] = style_path_overrides(sys.argv[1:])
+    sys.argv[1:] = tilde_overrides(sys.argv[1:])
     with exit_on_user_error():
         return check_command_line(config_dir, config_name, sys.argv[1:])
 

@@ -4,6 +4,7 @@ any mistake in an option into one line before a command starts."""
 from __future__ import annotations
 
 import dataclasses
+import os
 import re
 import sys
 import typing
@@ -34,6 +35,21 @@ def style_path_overrides(args: list[str]) -> list[str]:
     images = [arg.partition("=")[2] for arg in out if arg.startswith("style.image=")]
     if images and Path(images[-1]).suffix and not any(arg.startswith("style.name=") for arg in out):
         out.append(f"style.name={Path(images[-1]).stem}")
+    return out
+
+
+# A value or list element with a ~ in it, not quoted: data.root=~/photos, input=[~/a.jpg,b~1.jpg].
+_TILDE = re.compile(r"(?<![^\[,])[^,\[\]'\"]*~[^,\[\]'\"]*")
+
+
+def tilde_overrides(args: list[str]) -> list[str]:
+    """Quote the values of ``key=value`` overrides that hold a ``~``, which Hydra's grammar cannot read unquoted:
+    a path in the user's home (a shell expands the ``~`` of ``key=~/...`` only for some keys and in some shells;
+    ``validate`` expands it) or a file name with a ``~``."""
+    out = []
+    for arg in args:
+        key, equals, value = arg.partition("=")
+        out.append(key + equals + _TILDE.sub(lambda match: f"'{match.group()}'", value) if equals else arg)
     return out
 
 
@@ -149,7 +165,7 @@ def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[s
     Keys of ``open_nodes`` that the schema does not list are kept unchecked, for the caller to check."""
     try:
         # A mandatory value left unset (``???``) must stop here, not turn into the schema's default.
-        container = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, throw_on_missing=True)
+        container = _home_expanded(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, throw_on_missing=True))
         extra = _open_keys(schema, container, open_nodes)
         merged = OmegaConf.merge(OmegaConf.structured(schema), container)
         _validate_tree(OmegaConf.to_object(merged))
@@ -165,6 +181,16 @@ def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[s
     for name, values in extra.items():
         result[name].update(values)
     return result
+
+
+def _home_expanded(value: Any) -> Any:
+    """Every value that starts with ``~`` as a path in the user's home (``data.root=~/photos``): a shell leaves
+    the ``~`` of ``key=~/...`` alone, so each path option would otherwise look for a folder named ``~``."""
+    if isinstance(value, dict):
+        return {key: _home_expanded(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_home_expanded(item) for item in value]
+    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
 
 
 def _present(checked: Any, given: Any) -> Any:

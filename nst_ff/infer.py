@@ -147,11 +147,11 @@ def run(cfg: dict) -> int:
     model_path = resolve_model(str(cfg["model"]))
     net, _ = load_model(model_path)
     raw_inputs = cfg["input"] if isinstance(cfg["input"], list) else [cfg["input"]]
-    inputs = [Path(str(p)).expanduser() for p in raw_inputs]
+    inputs = [Path(str(p)) for p in raw_inputs]
     for source in inputs:
         if not source.exists():
             raise UserError(f"{source}: no such file or folder")
-    output = Path(str(cfg["output"])).expanduser() if cfg.get("output") else None
+    output = Path(str(cfg["output"])) if cfg.get("output") else None
     pairs = plan(inputs, output, model_path.stem)
     if not pairs:
         found = ", ".join(MEDIA_EXTENSIONS)

@@ -174,7 +174,7 @@ def main(model: str, output: str | None = None, opset: int = OPSET, overwrite: b
     path = resolve_model(model)
     if path.suffix.lower() == ".onnx":
         raise UserError(f"model={model}: already an ONNX file; export a .safetensors or .ckpt model")
-    target = Path(output or f"{path.stem}.onnx").expanduser()
+    target = Path(output or f"{path.stem}.onnx")
     if target.is_dir():
         target = target / f"{path.stem}.onnx"
     if target.suffix.lower() != ".onnx":

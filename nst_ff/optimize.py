@@ -128,7 +128,7 @@ def coarse_to_fine(
 
 def run(cfg: dict[str, Any]) -> Path:
     """The optimize.py command: load images, optimise with progress bar and TensorBoard, write the output."""
-    content_path = Path(str(cfg["content"])).expanduser()
+    content_path = Path(str(cfg["content"]))
     output = (
         Path(str(cfg["output"]))
         if cfg.get("output")

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from nst_ff.config import check_command_line, style_path_overrides, task_overrides, validate
+from nst_ff.config import check_command_line, style_path_overrides, task_overrides, tilde_overrides, validate
 from nst_ff.data import PhotoDataModule
 from nst_ff.errors import UserError
 from nst_ff.module import StyleTransferModule
@@ -225,6 +225,22 @@ def test_help_prints_each_option_with_its_comment(script: str, flag: str, docume
         assert line in result.stdout, line
     # Hydra's help listed the other commands' config folders as groups of train.py, and Hydra's own settings.
     assert "\ninfer" not in result.stdout and "\nhydra:" not in result.stdout
+
+
+def test_paths_in_the_home_folder_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """README: nst-train ... data.root=~/photos. Hydra's grammar refuses an unquoted ~ (before: "cannot read this
+    option"), and a quoted one stayed a folder named ~."""
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "photos").mkdir()
+    painting = tmp_path / "garden.jpg"
+    painting.write_bytes((PROJECT_ROOT / "assets" / "styles" / "great_wave.jpg").read_bytes())
+    overrides = ["output_dir=/tmp/x", "data.root=~/photos", "style.image=~/garden.jpg", "ckpt_path=~/runs/last.ckpt"]
+    cfg = validate(composed("train", tilde_overrides(overrides)), TrainConfig, open_nodes=("trainer",))
+    assert cfg["data"]["root"] == str(tmp_path / "photos") and cfg["style"]["image"] == str(painting)
+    assert cfg["ckpt_path"] == str(tmp_path / "runs" / "last.ckpt")
+    overrides = tilde_overrides(["model=~/m.onnx", "input=[~/a.jpg,b~.jpg]"])
+    infer = validate(composed("infer", overrides, OWN_DIRS["infer"]), InferConfig)
+    assert infer["model"] == str(tmp_path / "m.onnx") and infer["input"] == [str(tmp_path / "a.jpg"), "b~.jpg"]
 
 
 def test_a_painting_given_by_its_file_names_the_style(tmp_path: Path) -> None:

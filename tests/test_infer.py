@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 import sys
@@ -34,6 +35,28 @@ def infer(*args: str) -> subprocess.CompletedProcess:
         cwd=PROJECT_ROOT,
         timeout=300,
     )
+
+
+def test_paths_in_the_home_folder_and_names_with_a_tilde(model: Path, tmp_path: Path) -> None:
+    """zsh passes input=~/... on as it is, and bash does for keys with a dot: Hydra could not read the ~."""
+    (tmp_path / "in").mkdir()
+    shutil.copy(SAMPLES / "chelsea.jpg", tmp_path / "in" / "chelsea~1.jpg")
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(PROJECT_ROOT / "infer.py"),
+            f"model={model}",
+            "input=~/in/chelsea~1.jpg",
+            "output=~/out/x~.png",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        env={**os.environ, "HOME": str(tmp_path)},
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "out" / "x~.png").size == Image.open(SAMPLES / "chelsea.jpg").size
 
 
 def test_single_file(model: Path, tmp_path: Path) -> None:
