@@ -21,9 +21,9 @@ from omegaconf import DictConfig, OmegaConf
 from nst_ff.config import (
     check_command_line,
     job_command,
+    literal_values,
     register_resolvers,
     style_path_overrides,
-    tilde_overrides,
     validate,
 )
 from nst_ff.errors import exit_on_user_error
@@ -59,12 +59,12 @@ def _help(config_dir: Path, config_name: str, summary: str) -> bool:
 
 def _check_command_line(config_dir: Path, config_name: str, style_paths: bool = False) -> DictConfig | None:
     """Compose the config before Hydra does, so that its errors are one line (see ``check_command_line``);
-    ``style_paths``: ``style=`` may name a painting's file (``style_path_overrides``). Values may hold a ``~``
-    (``tilde_overrides``)."""
+    ``style_paths``: ``style=`` may name a painting's file (``style_path_overrides``). A value Hydra's grammar cannot
+    read is taken as a string (``literal_values``: file names like ``IMG (1).jpg``, ``~/photos``)."""
     register_resolvers()
     if style_paths:
         sys.argv[1:] = style_path_overrides(sys.argv[1:])
-    sys.argv[1:] = tilde_overrides(sys.argv[1:])
+    sys.argv[1:] = literal_values(sys.argv[1:])
     with exit_on_user_error():
         return check_command_line(config_dir, config_name, sys.argv[1:])
 

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import typing
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +36,6 @@ def style_path_overrides(args: list[str]) -> list[str]:
     images = [arg.partition("=")[2] for arg in out if arg.startswith("style.image=")]
     if images and Path(images[-1]).suffix and not any(arg.startswith("style.name=") for arg in out):
         out.append(f"style.name={Path(images[-1]).stem}")
-    return out
-
-
-# A value or list element with a ~ in it, not quoted: data.root=~/photos, input=[~/a.jpg,b~1.jpg].
-_TILDE = re.compile(r"(?<![^\[,])[^,\[\]'\"]*~[^,\[\]'\"]*")
-
-
-def tilde_overrides(args: list[str]) -> list[str]:
-    """Quote the values of ``key=value`` overrides that hold a ``~``, which Hydra's grammar cannot read unquoted:
-    a path in the user's home (a shell expands the ``~`` of ``key=~/...`` only for some keys and in some shells;
-    ``validate`` expands it) or a file name with a ``~``."""
-    out = []
-    for arg in args:
-        key, equals, value = arg.partition("=")
-        out.append(key + equals + _TILDE.sub(lambda match: f"'{match.group()}'", value) if equals else arg)
     return out
 
 
@@ -98,17 +84,54 @@ _FLAGS_WITH_VALUE |= {"--config-dir", "-cd", "--experimental-rerun"}
 _INFO_VALUES = {"all", "config", "defaults", "defaults-tree", "plugins", "searchpath"}
 
 
-def task_overrides(arguments: list[str]) -> list[str]:
-    """The key=value overrides among the command line's ``arguments``, without Hydra's flags and their values."""
-    task, previous = [], None
+def _overrides_marked(arguments: list[str]) -> Iterator[tuple[str, bool]]:
+    """Each of the command line's ``arguments`` and whether it is a key=value override (not one of Hydra's
+    flags nor a flag's value)."""
+    previous = None
     for argument in arguments:
         if previous in _FLAGS_WITH_VALUE or (previous in ("--info", "-i") and argument in _INFO_VALUES):
             previous = None  # this argument is the flag's value
+            yield argument, False
             continue
         previous = argument
-        if not argument.startswith("-"):
-            task.append(argument)
-    return task
+        yield argument, not argument.startswith("-")
+
+
+def task_overrides(arguments: list[str]) -> list[str]:
+    """The key=value overrides among the command line's ``arguments``, without Hydra's flags and their values."""
+    return [argument for argument, is_override in _overrides_marked(arguments) if is_override]
+
+
+def literal_values(arguments: list[str]) -> list[str]:
+    """The command line with each override value (or list element) that Hydra's grammar cannot read quoted,
+    i.e. taken as the string it is: file names with parentheses, brackets, ``#``, ``&``, ``;``, ``=``, quotes,
+    ``~`` or letters beyond ASCII (``input=IMG (1).jpg``, ``input=[Müller.jpg,b.jpg]``, ``data.root=~/photos``:
+    a shell expands the ``~`` of ``key=~/...`` only for some keys and in some shells; ``validate`` expands it).
+    Values the grammar reads (numbers, lists, sweeps, quoted strings) are left as they are."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+
+    parser = OverridesParser.create()
+
+    def readable(value: str) -> bool:
+        try:
+            parser.parse_override(f"key={value}")
+            return True
+        except HydraException:
+            return False
+
+    def literal(value: str) -> str:
+        return value if readable(value) else "'" + value.replace("'", "\\'") + "'"
+
+    out = []
+    for argument, is_override in _overrides_marked(arguments):
+        key, equals, value = argument.partition("=")
+        if is_override and equals and not readable(value):
+            if value.startswith("[") and value.endswith("]"):
+                value = "[" + ",".join(literal(element) for element in value[1:-1].split(",")) + "]"
+            argument = f"{key}={literal(value)}"
+        out.append(argument)
+    return out
 
 
 def check_command_line(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig | None:
@@ -121,13 +144,19 @@ def check_command_line(config_dir: Path, config_name: str, overrides: list[str])
 
     parser = OverridesParser.create()
     task = task_overrides(overrides)
+    multirun = any(o in ("-m", "--multirun") for o in overrides)
     for override in task:
         try:
-            parser.parse_override(override)
+            sweep = parser.parse_override(override).is_sweep_override()
         except HydraException as error:
             reason = " ".join(str(error).split("\n")[0].split())
             raise ConfigError(f"{override}: cannot read this option ({reason}); write key=value") from None
-    if any(o in ("-m", "--multirun") for o in overrides) or any("," in o for o in task):
+        if sweep and not multirun:
+            raise ConfigError(
+                f"{override}: a comma here means one run per value; write key=[a,b] for a list, key='a,b' for a "
+                "name with a comma, or add --multirun for the runs"
+            )
+    if multirun:
         return None  # Hydra checks each combination when it starts it
     try:
         with initialize_config_dir(str(config_dir), version_base="1.3"):

@@ -10,7 +10,7 @@ import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 
-from nst_ff.config import check_command_line, style_path_overrides, task_overrides, tilde_overrides, validate
+from nst_ff.config import check_command_line, literal_values, style_path_overrides, task_overrides, validate
 from nst_ff.data import PhotoDataModule
 from nst_ff.errors import UserError
 from nst_ff.module import StyleTransferModule
@@ -192,6 +192,8 @@ def test_hydra_composition_errors_become_one_line(overrides: list[str], message:
         ("optimize.py", ["sizes=[]", "content=x.jpg"], "sizes=[]: give at least one long-side size"),
         ("train.py", ["seed=-1", "experiment=smoke"], "seed=-1: must be between 0 and 4294967295"),
         ("train.py", ["+trainer.max_step=3", "experiment=smoke"], "trainer.max_step: no such Lightning Trainer"),
+        # Before: Hydra's three-line advice and its stack trace hint.
+        ("infer.py", ["model=starry_night", "input=a,b.jpg"], "input=a,b.jpg: a comma here means one run per value"),
     ],
 )
 def test_entry_points_print_one_line_and_exit_2(tmp_path: Path, script: str, args: list[str], message: str) -> None:
@@ -235,10 +237,10 @@ def test_paths_in_the_home_folder_are_expanded(tmp_path: Path, monkeypatch: pyte
     painting = tmp_path / "garden.jpg"
     painting.write_bytes((PROJECT_ROOT / "assets" / "styles" / "great_wave.jpg").read_bytes())
     overrides = ["output_dir=/tmp/x", "data.root=~/photos", "style.image=~/garden.jpg", "ckpt_path=~/runs/last.ckpt"]
-    cfg = validate(composed("train", tilde_overrides(overrides)), TrainConfig, open_nodes=("trainer",))
+    cfg = validate(composed("train", literal_values(overrides)), TrainConfig, open_nodes=("trainer",))
     assert cfg["data"]["root"] == str(tmp_path / "photos") and cfg["style"]["image"] == str(painting)
     assert cfg["ckpt_path"] == str(tmp_path / "runs" / "last.ckpt")
-    overrides = tilde_overrides(["model=~/m.onnx", "input=[~/a.jpg,b~.jpg]"])
+    overrides = literal_values(["model=~/m.onnx", "input=[~/a.jpg,b~.jpg]"])
     infer = validate(composed("infer", overrides, OWN_DIRS["infer"]), InferConfig)
     assert infer["model"] == str(tmp_path / "m.onnx") and infer["input"] == [str(tmp_path / "a.jpg"), "b~.jpg"]
 

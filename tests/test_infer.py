@@ -37,18 +37,14 @@ def infer(*args: str) -> subprocess.CompletedProcess:
     )
 
 
-def test_paths_in_the_home_folder_and_names_with_a_tilde(model: Path, tmp_path: Path) -> None:
-    """zsh passes input=~/... on as it is, and bash does for keys with a dot: Hydra could not read the ~."""
+def test_file_names_hydras_grammar_reserves_and_the_home_folder(model: Path, tmp_path: Path) -> None:
+    """Before: "cannot read this option" for a ~ (zsh passes input=~/... on as it is, and bash does for keys
+    with a dot), parentheses (``IMG (1).jpg``), letters beyond ASCII, #, &, ;, =, quotes, brackets."""
     (tmp_path / "in").mkdir()
-    shutil.copy(SAMPLES / "chelsea.jpg", tmp_path / "in" / "chelsea~1.jpg")
+    name = "Müller (1) #2 & it's [x].jpg"
+    shutil.copy(SAMPLES / "chelsea.jpg", tmp_path / "in" / name)
     result = subprocess.run(
-        [
-            sys.executable,
-            str(PROJECT_ROOT / "infer.py"),
-            f"model={model}",
-            "input=~/in/chelsea~1.jpg",
-            "output=~/out/x~.png",
-        ],
+        [sys.executable, str(PROJECT_ROOT / "infer.py"), f"model={model}", f"input=[~/in/{name}]", "output=~/o/x~.png"],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
@@ -56,7 +52,7 @@ def test_paths_in_the_home_folder_and_names_with_a_tilde(model: Path, tmp_path: 
         timeout=300,
     )
     assert result.returncode == 0, result.stderr
-    assert Image.open(tmp_path / "out" / "x~.png").size == Image.open(SAMPLES / "chelsea.jpg").size
+    assert Image.open(tmp_path / "o" / "x~.png").size == Image.open(SAMPLES / "chelsea.jpg").size
 
 
 def test_single_file(model: Path, tmp_path: Path) -> None:
