@@ -99,8 +99,11 @@ def read_picture(path: str | Path, dtype: torch.dtype = torch.float32, min_short
         raise ImageError(f"{path}: is a folder, not an image") from None
     except UnidentifiedImageError:
         raise ImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
-    except Image.DecompressionBombError as error:
-        raise ImageError(f"{path}: too many pixels, refused as a possible decompression bomb ({error})") from None
+    except Image.DecompressionBombError:
+        limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6  # Pillow refuses twice its warning threshold
+        raise ImageError(
+            f"{path}: more than {limit:.0f} megapixels, refused as a possible decompression bomb; downscale it first"
+        ) from None
     except (OSError, SyntaxError, ValueError) as error:
         raise ImageError(f"{path}: unreadable image ({error}); re-export or re-download it") from None
 
@@ -153,8 +156,9 @@ def long_side_size(height: int, width: int, long_side: int) -> tuple[int, int]:
 
 
 def load_image(path: str | Path, long_side: int | None = None) -> torch.Tensor:
-    """Image file -> (1, 3, H, W) tensor in [0, 1]; the long side scaled to ``long_side`` if given."""
-    rgb = read_picture(path).rgb
+    """Image file -> (1, 3, H, W) tensor in [0, 1]; the long side scaled to ``long_side`` if given (a big JPEG,
+    e.g. a museum's scan of a painting, decoded at a reduced scale that leaves at least twice that)."""
+    rgb = read_picture(path, min_short_side=2 * long_side if long_side else None).rgb
     if long_side:
         rgb = resize(rgb, long_side_size(*rgb.shape[-2:], long_side))
     return rgb.unsqueeze(0)
