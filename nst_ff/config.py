@@ -213,8 +213,8 @@ def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[s
 
 
 def _home_expanded(value: Any) -> Any:
-    """Every value that starts with ``~`` as a path in the user's home (``data.root=~/photos``): a shell leaves
-    the ``~`` of ``key=~/...`` alone, so each path option would otherwise look for a folder named ``~``."""
+    """Every value that starts with ``~`` as a path in the user's home (``data.root=~/photos``, which a shell may
+    pass on as it is): each path option would otherwise look for a folder named ``~``."""
     if isinstance(value, dict):
         return {key: _home_expanded(item) for key, item in value.items()}
     if isinstance(value, list):

@@ -82,10 +82,10 @@ def decode(image: Image.Image, dtype: torch.dtype = torch.float32) -> Picture:
 
 
 def read_picture(path: str | Path, dtype: torch.dtype = torch.float32, min_short_side: int | None = None) -> Picture:
-    """Decode an image file fully (``dtype`` as in ``decode``); failures become one-line ``ImageError``s.
-    ``min_short_side``: a JPEG is decoded at the smallest of 1/1, 1/2, 1/4 and 1/8 scale (libjpeg scales in
-    its inverse DCT) whose short side is still at least this (a 12-megapixel photo at 1/8: 11 ms instead of
-    150 ms); other formats decode fully."""
+    """Decode an image file, whole (``dtype`` as in ``decode``); failures become one-line ``ImageError``s.
+    ``min_short_side``: the caller only needs that many pixels across, so a JPEG is decoded at the smallest of
+    its 1/1, 1/2, 1/4 and 1/8 scales (libjpeg scales in its inverse DCT) whose short side is still at least
+    that (a 12-megapixel photo at 1/8: 11 ms instead of 150 ms); other formats decode at full size."""
     path = Path(path)
     try:
         with Image.open(path) as image:
