@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import logging
+import sys
 import warnings
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from nst_ff.checkpoint import AtomicCheckpointIO
+from nst_ff.checkpoint import AtomicCheckpointIO, StopAtStepEnd
 from nst_ff.device import keep_freed_memory
 from nst_ff.errors import UserError
 from nst_ff.export import save_model
@@ -164,7 +165,8 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
         save_on_train_epoch_end=True,
     )
     logger = instantiate(cfg["logger"]) if cfg.get("logger") else False
-    callbacks = [checkpoints] + ([LearningRateMonitor("step")] if logger else [])
+    stop = StopAtStepEnd()
+    callbacks = [checkpoints, stop] + ([LearningRateMonitor("step")] if logger else [])
     if cfg["trainer"].get("enable_progress_bar", True):
         callbacks.append(StepProgressBar())
     trainer = build_trainer(cfg["trainer"], callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
@@ -174,7 +176,15 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     # weights_only: resuming never unpickles code from a checkpoint file.
     trainer.fit(model, datamodule=datamodule, ckpt_path=cfg["ckpt_path"], weights_only=True)
     # ModelCheckpoint saves every N steps only: the run's final step is saved too, whatever it is.
-    trainer.save_checkpoint(out / "checkpoints" / "last.ckpt", weights_only=False)  # full: resumable
+    last = out / "checkpoints" / "last.ckpt"
+    trainer.save_checkpoint(last, weights_only=False)  # full: resumable
+    if stop.requested:
+        print(
+            f"stopped at step {trainer.global_step} (Ctrl-C), not exported; resume with the same options and "
+            f"ckpt_path={last}",
+            file=sys.stderr,
+        )
+        sys.exit(130)  # 128 + SIGINT: the shells' status for a command stopped by Ctrl-C
     if not (cfg["export"] and trainer.is_global_zero):
         return None
     path = out / "checkpoints" / f"{cfg['style']['name']}.safetensors"

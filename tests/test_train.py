@@ -211,6 +211,36 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path: Pat
     assert final["global_step"] == saved + 2
 
 
+def test_ctrl_c_stops_at_the_end_of_a_step_and_resumes_exactly(tmp_path: Path) -> None:
+    """Before: Lightning stopped inside the step, exit 1, and only the last periodic checkpoint was kept."""
+    out = tmp_path / "stopped"
+    args = [*FAST, "trainer.max_steps=1000", "checkpoint.every_n_steps=2", f"hydra.run.dir={out}"]
+    process = subprocess.Popen(
+        [sys.executable, "train.py", *args],
+        cwd=PROJECT_ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, not a background job
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "checkpoints" / "step0000004.ckpt").exists():
+        time.sleep(0.1)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr[-2000:]
+    last = out / "checkpoints" / "last.ckpt"
+    step = torch.load(last, weights_only=True)["global_step"]
+    assert step >= 4 and f"stopped at step {step} (Ctrl-C), not exported; resume with" in stderr
+    assert not list(out.glob("checkpoints/*.safetensors"))
+    resumed = run_script(*FAST, f"trainer.max_steps={step + 2}", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'r'}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    straight, _ = load_model(run_training(tmp_path / "straight", f"trainer.max_steps={step + 2}"))
+    after_stop, _ = load_model(tmp_path / "r" / "checkpoints" / "starry_night.safetensors")
+    for a, b in zip(straight.state_dict().values(), after_stop.state_dict().values(), strict=True):
+        assert torch.allclose(a, b, atol=1e-6)
+
+
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     result = run_script(*FAST, "trainer=ddp", "trainer.devices=2", "trainer.max_steps=3", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
