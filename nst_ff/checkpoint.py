@@ -25,25 +25,30 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class StopAtStepEnd(pl.Callback):
-    """Ctrl-C ends the run at the end of the step it interrupts, where train.py saves that step's checkpoint (not
-    one between two parameter updates) and says how to resume; a second Ctrl-C stops at once, as Lightning does.
-    Lightning's own handling stopped inside the step and kept only the last periodic checkpoint, up to
+    """Ctrl-C (SIGINT) or SIGTERM (``kill``, a scheduler's pre-emption) ends the run at the end of the step it
+    interrupts, where train.py saves that step's checkpoint (not one between two parameter updates) and says how
+    to resume; a second signal stops at once, as Lightning does. Lightning stopped inside the step on Ctrl-C, and on
+    SIGTERM exited with status 0; either way only the last periodic checkpoint was kept, up to
     ``checkpoint.every_n_steps`` earlier (500 steps: 10 minutes on a CPU). A run of several processes keeps
     Lightning's handling: they would have to agree on the step to stop at, a collective at every step."""
 
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
     def __init__(self) -> None:
-        self.requested = False
-        self._previous: Any = None
+        self.requested: signal.Signals | None = None
+        self._previous: dict[signal.Signals, Any] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._request)
+            self._previous = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
 
     def _request(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
             raise KeyboardInterrupt
-        self.requested = True
-        print("\nstopping at the end of this step (Ctrl-C again to stop at once)", file=sys.stderr)
+        self.requested = signal.Signals(signum)
+        print(
+            f"\n{self.requested.name}: stopping at the end of this step (Ctrl-C again to stop at once)", file=sys.stderr
+        )
 
     def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
         if self.requested:
@@ -56,6 +61,6 @@ class StopAtStepEnd(pl.Callback):
         self._restore()
 
     def _restore(self) -> None:
-        if self._previous is not None:
-            signal.signal(signal.SIGINT, self._previous)
-            self._previous = None
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)
+        self._previous = {}

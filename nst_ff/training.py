@@ -180,11 +180,11 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     trainer.save_checkpoint(last, weights_only=False)  # full: resumable
     if stop.requested:
         print(
-            f"stopped at step {trainer.global_step} (Ctrl-C), not exported; resume with the same options and "
-            f"ckpt_path={last}",
+            f"stopped at step {trainer.global_step} ({stop.requested.name}), not exported; resume with the same "
+            f"options and ckpt_path={last}",
             file=sys.stderr,
         )
-        sys.exit(130)  # 128 + SIGINT: the shells' status for a command stopped by Ctrl-C
+        sys.exit(128 + stop.requested)  # the shells' status for a command a signal stopped (Ctrl-C: 130)
     if not (cfg["export"] and trainer.is_global_zero):
         return None
     path = out / "checkpoints" / f"{cfg['style']['name']}.safetensors"

@@ -211,8 +211,10 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path: Pat
     assert final["global_step"] == saved + 2
 
 
-def test_ctrl_c_stops_at_the_end_of_a_step_and_resumes_exactly(tmp_path: Path) -> None:
-    """Before: Lightning stopped inside the step, exit 1, and only the last periodic checkpoint was kept."""
+@pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_or_sigterm_stops_at_the_end_of_a_step_and_resumes_exactly(tmp_path: Path, stop: int) -> None:
+    """Before: Lightning stopped inside the step on Ctrl-C (exit 1) and exited 0 on SIGTERM, and only the last
+    periodic checkpoint was kept."""
     out = tmp_path / "stopped"
     args = [*FAST, "trainer.max_steps=1000", "checkpoint.every_n_steps=2", f"hydra.run.dir={out}"]
     process = subprocess.Popen(
@@ -226,12 +228,12 @@ def test_ctrl_c_stops_at_the_end_of_a_step_and_resumes_exactly(tmp_path: Path) -
     deadline = time.time() + 120
     while time.time() < deadline and not (out / "checkpoints" / "step0000004.ckpt").exists():
         time.sleep(0.1)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(stop)
     _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr[-2000:]
+    assert process.returncode == 128 + stop, stderr[-2000:]
     last = out / "checkpoints" / "last.ckpt"
     step = torch.load(last, weights_only=True)["global_step"]
-    assert step >= 4 and f"stopped at step {step} (Ctrl-C), not exported; resume with" in stderr
+    assert step >= 4 and f"stopped at step {step} ({signal.Signals(stop).name}), not exported; resume with" in stderr
     assert not list(out.glob("checkpoints/*.safetensors"))
     resumed = run_script(*FAST, f"trainer.max_steps={step + 2}", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'r'}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
