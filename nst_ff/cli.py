@@ -26,7 +26,7 @@ from nst_ff.config import (
     style_path_overrides,
     validate,
 )
-from nst_ff.errors import exit_on_user_error
+from nst_ff.errors import exit_on_ctrl_c, exit_on_user_error
 from nst_ff.files import removed_if_unused
 from nst_ff.paths import CONFIG_DIR
 from nst_ff.schema import ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig
@@ -99,7 +99,8 @@ def train() -> None:
 def _infer(cfg: DictConfig) -> None:
     from nst_ff.infer import run
 
-    with exit_on_user_error():
+    kept = "the files written so far are complete and kept; the same command again does the rest"
+    with exit_on_user_error(), exit_on_ctrl_c(kept):
         sys.exit(run(validate(cfg, InferConfig)))
 
 
@@ -114,7 +115,8 @@ def infer() -> None:
 def _optimize(cfg: DictConfig) -> None:
     from nst_ff.optimize import run
 
-    with exit_on_user_error(), removed_if_unused(HydraConfig.get().runtime.output_dir):
+    kept = "nothing written (save_every=N writes the image every N steps); its TensorBoard log is kept"
+    with exit_on_user_error(), exit_on_ctrl_c(kept), removed_if_unused(HydraConfig.get().runtime.output_dir):
         print(f"wrote {run(validate(cfg, OptimizeConfig))}")
 
 

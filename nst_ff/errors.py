@@ -30,6 +30,17 @@ def exit_on_user_error() -> Iterator[None]:
         sys.exit(2)
 
 
+@contextmanager
+def exit_on_ctrl_c(kept: str) -> Iterator[None]:
+    """For entry points: Ctrl-C is one line saying what was ``kept`` and exit status 130 (the shells' status for
+    a command stopped by Ctrl-C), not a traceback from wherever the network was."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        print(f"stopped (Ctrl-C); {kept}", file=sys.stderr)
+        sys.exit(130)
+
+
 def require(module: str, extra: str, purpose: str) -> ModuleType:
     """Import an optional dependency; a missing one is a one-line UserError naming the extra that installs it."""
     try:

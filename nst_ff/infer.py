@@ -269,7 +269,8 @@ def stylize_files(stylizer: Stylizer, pairs: list[tuple[Path, Path]], options: d
 
     read_ok = (pair for pair in read_ahead(pairs, read, threads, 4 * threads) if not _failed(pair, failures, progress))
     futures = []
-    with Writer(threads, 4 * threads) as writer:
+    # The writer waits for its files, then the bar closes: also when Ctrl-C stops the run, before saying so.
+    with progress, Writer(threads, 4 * threads) as writer:
         for batch in batched(read_ok, key=lambda p: p[1].rgb.shape, size=batch_size):
             images = torch.stack([picture.rgb.to(device, non_blocking=True) for _, picture in batch])
             out = stylizer.stylize_batch(to_float(images.permute(0, 3, 1, 2)), **options)
@@ -282,7 +283,6 @@ def stylize_files(stylizer: Stylizer, pairs: list[tuple[Path, Path]], options: d
                 future = writer.submit(write, target, hwc, picture.alpha, ready)
                 future.add_done_callback(lambda f, target=target: done(target, f))
                 futures.append(future)
-    progress.close()
     for future in futures:
         if future.exception() is not None and not isinstance(future.exception(), ImageError):
             raise future.exception()

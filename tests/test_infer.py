@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -53,6 +55,34 @@ def test_file_names_hydras_grammar_reserves_and_the_home_folder(model: Path, tmp
     )
     assert result.returncode == 0, result.stderr
     assert Image.open(tmp_path / "o" / "x~.png").size == Image.open(SAMPLES / "chelsea.jpg").size
+
+
+def test_ctrl_c_keeps_whole_files_and_a_second_run_does_the_rest(tmp_path: Path) -> None:
+    """Before: a KeyboardInterrupt traceback from inside the network."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for index in range(60):
+        shutil.copy(SAMPLES / "rocket.jpg", photos / f"{index:02d}.jpg")
+    command = [sys.executable, str(PROJECT_ROOT / "infer.py"), "model=starry_night", f"input={photos}", "output=out"]
+    process = subprocess.Popen(
+        command,
+        cwd=tmp_path,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, not a background job
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not any((tmp_path / "out").glob("*.jpg")):
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr
+    assert stderr.strip().splitlines()[-1].startswith("stopped (Ctrl-C); the files written so far are complete")
+    written = [path for path in (tmp_path / "out").iterdir() if path.name != ".nst-ff-output"]  # the folder's mark
+    assert 0 < len(written) < 60 and all(Image.open(path).size == (640, 427) for path in written)  # no temp files
+    again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and len(list((tmp_path / "out").glob("*.jpg"))) == 60
 
 
 def test_single_file(model: Path, tmp_path: Path) -> None:
