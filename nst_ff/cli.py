@@ -115,7 +115,7 @@ def infer() -> None:
 def _optimize(cfg: DictConfig) -> None:
     from nst_ff.optimize import run
 
-    kept = "nothing written (save_every=N writes the image every N steps); its TensorBoard log is kept"
+    kept = "nothing written: it stopped before the optimisation (Ctrl-C during it writes the best image so far)"
     with exit_on_user_error(), exit_on_ctrl_c(kept), removed_if_unused(HydraConfig.get().runtime.output_dir):
         print(f"wrote {run(validate(cfg, OptimizeConfig))}")
 

