@@ -160,14 +160,19 @@ def run(cfg: dict) -> int:
         if source.is_dir():
             mark_output_folder(folder_target(source, output, model_path.stem))
     input_files = {source.resolve() for source, _ in pairs}
-    failures, todo = [], []
+    failures, todo, kept = [], [], []
     for source, target in pairs:
         if target.resolve() in input_files:
             failures.append(f"{target}: is an input; choose another output so inputs are never overwritten")
         elif target.exists() and not cfg["overwrite"]:
-            print(f"kept {target} (exists; overwrite=true replaces it)")
+            kept.append(target)
         else:
             todo.append((source, target))
+    if len(kept) > 3:  # one line for many: a folder run again after Ctrl-C keeps what the first one wrote
+        print(f"kept {len(kept)} outputs that exist, e.g. {kept[0]} (overwrite=true replaces them)")
+    else:
+        for target in kept:
+            print(f"kept {target} (exists; overwrite=true replaces it)")
     device = resolve_device(cfg["device"])
     stylizer = Stylizer(
         net,

@@ -83,6 +83,8 @@ def test_ctrl_c_keeps_whole_files_and_a_second_run_does_the_rest(tmp_path: Path)
     assert 0 < len(written) < 60 and all(Image.open(path).size == (640, 427) for path in written)  # no temp files
     again = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert again.returncode == 0 and len(list((tmp_path / "out").glob("*.jpg"))) == 60
+    kept_lines = [line for line in again.stdout.splitlines() if line.startswith("kept ")]
+    assert len(kept_lines) == (1 if len(written) > 3 else len(written))  # many: one line, not one per file
 
 
 def test_single_file(model: Path, tmp_path: Path) -> None:
