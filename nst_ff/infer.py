@@ -71,7 +71,11 @@ def list_models() -> list[str]:
         if path.suffix == ".onnx":  # its metadata needs onnxruntime to read: listing works without it
             lines.append(f"{path.stem:20s} ONNX export  {path.stat().st_size / 2**20:4.1f} MB  {path}")
             continue
-        net, meta = load_model(path)
+        try:
+            net, meta = load_model(path)
+        except UserError as error:  # one broken file in the models folder does not hide the others
+            lines.append(f"{path.stem:20s} unreadable: {error}")
+            continue
         gflop = gflop_per_megapixel(net)
         speed = "fast" if gflop <= FAST_GFLOP else "full"
         steps = f"{'+' if fine_tuned(meta) else ''}{meta.get('steps', '?')}"

@@ -194,6 +194,23 @@ def test_shipped_models_say_how_they_were_made(path: Path) -> None:
     assert path.stat().st_size < 10 * 2**20
 
 
+def test_list_shows_a_broken_model_file_and_every_other_model(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Before: one broken file in the models folder made list=true print only its error."""
+    from nst_ff.infer import list_models
+
+    monkeypatch.setenv("NST_FF_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "half_downloaded.safetensors").write_bytes(b"\x00" * 100)
+    shutil.copy(PROJECT_ROOT / "checkpoints" / "the_scream_fast.safetensors", tmp_path / "models" / "mine.safetensors")
+    lines = list_models()
+    assert any(line.startswith("half_downloaded") and "unreadable: " in line for line in lines)
+    assert any(line.startswith("mine ") and " fast " in line for line in lines)
+    assert (
+        sum(" GFLOP at 1024x1024 " in line for line in lines)
+        == len(list((PROJECT_ROOT / "checkpoints").glob("*.safetensors"))) + 1
+    )
+
+
 def test_list_models_gives_each_model_its_arithmetic_and_speed_class() -> None:
     from nst_ff.infer import gflop_per_megapixel, list_models
 
