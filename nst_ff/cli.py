@@ -23,6 +23,7 @@ from nst_ff.config import (
     job_command,
     literal_values,
     register_resolvers,
+    run_folder,
     style_path_overrides,
     validate,
 )
@@ -69,6 +70,26 @@ def _check_command_line(config_dir: Path, config_name: str, style_paths: bool = 
         return check_command_line(config_dir, config_name, sys.argv[1:])
 
 
+def _own_run_folder(config_name: str) -> None:
+    """Make this run's folder now, one no other run uses, and give it to Hydra. Hydra names it by the second
+    (``outputs/<style>/<date_time>``), so two runs started in the same second (one per GPU, a loop with ``&``)
+    shared one folder: one's checkpoints, model and recorded config over the other's. ``mkdir`` is atomic:
+    of two runs, one gets the name and the other ``<name>_2``. A folder the user chose is left to them."""
+    arguments = sys.argv[1:]
+    if any(a.startswith("-") for a in arguments) or any(a.startswith("hydra.run.dir=") for a in arguments):
+        return  # a sweep (its own folders), --cfg, --help..., or hydra.run.dir given
+    planned = run_folder(CONFIG_DIR, config_name, arguments)
+    folder, number = planned, 1
+    while True:
+        try:
+            folder.mkdir(parents=True)
+            break
+        except FileExistsError:
+            number += 1
+            folder = planned.with_name(f"{planned.name}_{number}")
+    sys.argv += literal_values([f"hydra.run.dir={folder}"])
+
+
 def _launch(config_dir: Path, config_name: str, job: Callable[[DictConfig], None]) -> None:
     """Run a command that makes no run folder (infer, export, serve) on the config composed for checking:
     through Hydra's start-up, which composes it again, nst-infer took 0.68 s more than importing torch for a
@@ -93,6 +114,7 @@ def train() -> None:
     if _help(CONFIG_DIR, "train", "train a style's network; the run folder is outputs/<style>/<time> here"):
         return
     _check_command_line(CONFIG_DIR, "train", style_paths=True)
+    _own_run_folder("train")
     _train()
 
 
@@ -125,6 +147,7 @@ def optimize() -> None:
     if _help(CONFIG_DIR, "optimize", "stylise one photo by optimising its pixels (Gatys et al.)"):
         return
     _check_command_line(CONFIG_DIR, "optimize", style_paths=True)
+    _own_run_folder("optimize")
     _optimize()
 
 

@@ -165,6 +165,15 @@ def check_command_line(config_dir: Path, config_name: str, overrides: list[str])
         raise ConfigError(_hydra_message(error, config_dir, config_name, task)) from None
 
 
+def run_folder(config_dir: Path, config_name: str, overrides: list[str]) -> Path:
+    """The run folder Hydra will make for the command line's ``overrides`` (``hydra.run.dir``)."""
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(str(config_dir), version_base="1.3"):
+        cfg = compose(config_name, overrides=task_overrides(overrides), return_hydra_config=True)
+    return Path(cfg.hydra.run.dir)
+
+
 def _open_keys(schema: type, container: dict[str, Any], open_nodes: tuple[str, ...]) -> dict[str, dict[str, Any]]:
     """Take out the keys of ``open_nodes`` (e.g. any Lightning Trainer argument) that the schema does not list."""
     extra: dict[str, dict[str, Any]] = {}

@@ -243,6 +243,21 @@ def test_ctrl_c_or_sigterm_stops_at_the_end_of_a_step_and_resumes_exactly(tmp_pa
         assert torch.allclose(a, b, atol=1e-6)
 
 
+def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
+    """Before: Hydra named both outputs/starry_night/<second>, and one run's checkpoints, model and recorded
+    config replaced the other's."""
+    command = [sys.executable, str(PROJECT_ROOT / "train.py"), *FAST, "trainer.max_steps=2"]
+    runs = [
+        subprocess.Popen([*command, f"seed={seed}"], cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        for seed in (1, 2)
+    ]
+    assert all(run.wait(timeout=300) == 0 for run in runs)
+    folders = sorted((tmp_path / "outputs" / "starry_night").iterdir())
+    assert len(folders) == 2
+    seeds = {(folder / ".hydra" / "overrides.yaml").read_text().split("seed=")[1].split()[0] for folder in folders}
+    assert seeds == {"1", "2"} and all((f / "checkpoints" / "starry_night.safetensors").is_file() for f in folders)
+
+
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
     result = run_script(*FAST, "trainer=ddp", "trainer.devices=2", "trainer.max_steps=3", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 0, result.stderr[-3000:]
