@@ -28,7 +28,7 @@ from nst_ff.config import (
     validate,
 )
 from nst_ff.errors import exit_on_ctrl_c, exit_on_user_error
-from nst_ff.files import removed_if_unused
+from nst_ff.files import new_run_folder, removed_if_unused
 from nst_ff.paths import CONFIG_DIR
 from nst_ff.schema import ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig
 
@@ -74,19 +74,13 @@ def _own_run_folder(config_name: str) -> None:
     """Make this run's folder now, one no other run uses, and give it to Hydra. Hydra names it by the second
     (``outputs/<style>/<date_time>``), so two runs started in the same second (one per GPU, a loop with ``&``)
     shared one folder: one's checkpoints, model and recorded config over the other's. ``mkdir`` is atomic:
-    of two runs, one gets the name and the other ``<name>_2``. A folder the user chose is left to them."""
+    of two runs, one gets the name and the other ``<name>_2`` (``new_run_folder``). A folder the user chose is left to
+    them."""
     arguments = sys.argv[1:]
     if any(a.startswith("-") for a in arguments) or any(a.startswith("hydra.run.dir=") for a in arguments):
         return  # a sweep (its own folders), --cfg, --help..., or hydra.run.dir given
-    planned = run_folder(CONFIG_DIR, config_name, arguments)
-    folder, number = planned, 1
-    while True:
-        try:
-            folder.mkdir(parents=True)
-            break
-        except FileExistsError:
-            number += 1
-            folder = planned.with_name(f"{planned.name}_{number}")
+    with exit_on_user_error():
+        folder = new_run_folder(run_folder(CONFIG_DIR, config_name, arguments))
     sys.argv += literal_values([f"hydra.run.dir={folder}"])
 
 

@@ -66,6 +66,24 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def new_run_folder(path: Path) -> Path:
+    """Make and return the first of ``path``, ``path_2``, ``path_3``... that does not exist yet (``mkdir`` is
+    atomic: processes racing for a name each get their own); ``OutputError`` if none can be made there."""
+    folder, number = path, 1
+    while True:
+        try:
+            folder.mkdir(parents=True)
+            return folder
+        except FileExistsError:
+            number += 1
+            folder = path.with_name(f"{path.name}_{number}")
+        except OSError as error:
+            raise OutputError(
+                f"{folder}: cannot make the run folder ({error.strerror}); run from a folder you can write to, "
+                "or set hydra.run.dir=FOLDER"
+            ) from None
+
+
 def file_sha256(path: str | Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 

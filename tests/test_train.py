@@ -18,6 +18,7 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from nst_ff.config import validate
 from nst_ff.export import ModelFileError, load_model
+from nst_ff.files import OutputError, new_run_folder
 from nst_ff.module import clip_to_running_norm
 from nst_ff.paths import CONFIG_DIR, PROJECT_ROOT
 from nst_ff.schema import TrainConfig
@@ -256,6 +257,15 @@ def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -
     assert len(folders) == 2
     seeds = {(folder / ".hydra" / "overrides.yaml").read_text().split("seed=")[1].split()[0] for folder in folders}
     assert seeds == {"1", "2"} and all((f / "checkpoints" / "starry_night.safetensors").is_file() for f in folders)
+
+
+def test_a_taken_or_impossible_run_folder_name(tmp_path: Path) -> None:
+    planned = tmp_path / "outputs" / "starry_night" / "2026-11-27_19-22-49"
+    assert new_run_folder(planned) == planned and planned.is_dir()
+    assert new_run_folder(planned) == planned.with_name("2026-11-27_19-22-49_2")
+    (tmp_path / "a_file").write_text("")
+    with pytest.raises(OutputError, match=r"a_file/run: cannot make the run folder .*set hydra\.run\.dir=FOLDER"):
+        new_run_folder(tmp_path / "a_file" / "run")
 
 
 def test_ddp_two_cpu_processes(tmp_path: Path) -> None:
