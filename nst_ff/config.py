@@ -128,7 +128,7 @@ def literal_values(arguments: list[str]) -> list[str]:
         key, equals, value = argument.partition("=")
         if is_override and equals and not readable(value):
             if value.startswith("[") and value.endswith("]"):
-                value = "[" + ",".join(literal(element) for element in value[1:-1].split(",")) + "]"
+                value = "[" + ",".join(literal(element.strip()) for element in value[1:-1].split(",")) + "]"
             argument = f"{key}={literal(value)}"
         out.append(argument)
     return out

@@ -240,9 +240,10 @@ def test_paths_in_the_home_folder_are_expanded(tmp_path: Path, monkeypatch: pyte
     cfg = validate(composed("train", literal_values(overrides)), TrainConfig, open_nodes=("trainer",))
     assert cfg["data"]["root"] == str(tmp_path / "photos") and cfg["style"]["image"] == str(painting)
     assert cfg["ckpt_path"] == str(tmp_path / "runs" / "last.ckpt")
-    overrides = literal_values(["model=~/m.onnx", "input=[~/a.jpg,b~.jpg]"])
+    overrides = literal_values(["model=~/m.onnx", "input=[~/a.jpg, b~.jpg, IMG (1).jpg]"])
     infer = validate(composed("infer", overrides, OWN_DIRS["infer"]), InferConfig)
-    assert infer["model"] == str(tmp_path / "m.onnx") and infer["input"] == [str(tmp_path / "a.jpg"), "b~.jpg"]
+    assert infer["model"] == str(tmp_path / "m.onnx")
+    assert infer["input"] == [str(tmp_path / "a.jpg"), "b~.jpg", "IMG (1).jpg"]
 
 
 def test_a_painting_given_by_its_file_names_the_style(tmp_path: Path) -> None:
