@@ -150,6 +150,13 @@ def run(cfg: dict) -> int:
         return 0
     model_path = resolve_model(str(cfg["model"]))
     net, _ = load_model(model_path)
+    if model_path.suffix.lower() == ".onnx":  # onnxruntime runs it as exported
+        ignored = [f"{key}={cfg[key]}" for key in ("precision", "compile") if cfg[key] not in ("auto", "fp32", False)]
+        if ignored:
+            print(
+                f"note: {model_path.name} runs in onnxruntime, in fp32: {' and '.join(ignored)} left aside",
+                file=sys.stderr,
+            )
     raw_inputs = cfg["input"] if isinstance(cfg["input"], list) else [cfg["input"]]
     inputs = [Path(str(p)) for p in raw_inputs]
     for source in inputs:
