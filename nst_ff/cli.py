@@ -9,6 +9,7 @@ Each command imports its package module when it runs, so that e.g. nst-infer doe
 
 from __future__ import annotations
 
+import os
 import sys
 import textwrap
 from collections.abc import Callable
@@ -54,7 +55,10 @@ def _help(config_dir: Path, config_name: str, summary: str) -> bool:
         lines += ["", f"{group}={chosen} (one of {choices}); its options are {group}.KEY=VALUE:", ""]
         lines.append(textwrap.indent((config_dir / group / f"{chosen}.yaml").read_text().rstrip(), "    "))
     lines += ["", "--cfg job [key=value ...]: the whole config these options compose; --hydra-help: Hydra's flags"]
-    print("\n".join(lines))
+    try:
+        print("\n".join(lines), flush=True)
+    except BrokenPipeError:  # read through a pipe that closed early (--help | head): nothing is wrong
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail too
     return True
 
 
