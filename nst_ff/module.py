@@ -103,6 +103,7 @@ class StyleTransferModule(pl.LightningModule):
         if init_from:
             self.net.load_state_dict(load_initial_weights(init_from, self.net.config))
         self.perceptual: PerceptualLoss | None = None
+        self.style_sha256: str | None = None  # the painting's file, read by build_loss
         self._set_up = False  # setup() chose the execution for the trainer's device
         self.execution = training_execution(torch.device("cpu"), channels_last)
         self.compile_mode: str | None = None  # set in setup when the step is compiled
@@ -219,6 +220,7 @@ class StyleTransferModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["grad_norm_average"] = self.grad_norm_average.detach().cpu()
         checkpoint["max_steps"] = int(self.trainer.max_steps)  # the steps its schedule runs over (resume checks)
+        checkpoint["style_sha256"] = self.style_sha256  # the painting itself, whatever its file's name (resume checks)
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         if "grad_norm_average" in checkpoint:

@@ -20,6 +20,7 @@ from nst_ff.checkpoint import AtomicCheckpointIO, StopAtStepEnd
 from nst_ff.device import keep_freed_memory
 from nst_ff.errors import UserError
 from nst_ff.export import save_model
+from nst_ff.files import file_sha256
 from nst_ff.net import TransformerNet
 from nst_ff.progress import StepProgressBar
 from nst_ff.schema import ConfigError, require
@@ -85,11 +86,11 @@ OPTIMIZER_KEPT = ", and a resumed run keeps its optimizer and schedule"
 def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> None:
     """``ckpt_path`` continues the run it was written by: the same network, style and teacher, for more steps, with
     its optimizer and schedule. A changed loss weight, batch size or gradient clip is the user's choice; another
-    network cannot load the weights (a traceback), another style or teacher would export a model of two paintings
-    under the new one's name, ``max_steps`` at or below the checkpoint's step would train nothing, and a changed
-    learning rate, Adam beta2 or schedule would be silently replaced by the checkpoint's (Lightning restores the
-    optimizer and scheduler states), as would a cosine or step schedule's length: extended, a cosine schedule
-    climbs back from 0 to the full rate."""
+    network cannot load the weights (a traceback), another style or teacher (or a painting's file whose content
+    changed) would export a model of two paintings under the new one's name, ``max_steps`` at or below the
+    checkpoint's step would train nothing, and a changed learning rate, Adam beta2 or schedule would be silently
+    replaced by the checkpoint's (Lightning restores the optimizer and scheduler states), as would a cosine or step
+    schedule's length: extended, a cosine schedule climbs back from 0 to the full rate."""
     try:
         # Memory-mapped: only the small records are read here; Lightning reads the tensors when it resumes.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -119,6 +120,11 @@ def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> None:
         if before != now:
             option, kept = (key, "") if key in ("style", "teacher") else (f"model.{key}", OPTIMIZER_KEPT)
             raise ConfigError(f"ckpt_path: {path} was trained with {option}={before} (this run: {now}){kept}; {fix}")
+    painting = (model.hparams.get("style") or {}).get("image")  # None when distilling: the teacher has it
+    if painting and checkpoint.get("style_sha256") not in (None, file_sha256(painting)):
+        raise ConfigError(
+            f"style.image={painting}: not the painting {path} was trained with (the file's content differs); {fix}"
+        )
     if max_steps <= step:
         raise ConfigError(
             f"trainer.max_steps={max_steps}: {path} is at step {step} already; set trainer.max_steps above {step} "

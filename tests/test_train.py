@@ -348,15 +348,22 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path, override: 
         ("trainer.max_steps=6 model.adam_beta2=0.999", "was trained with model.adam_beta2=0.99 (this run: 0.999)"),
         # Before: the cosine schedule ran past its end, back up from 0 to the full rate.
         ("trainer.max_steps=8", "trainer.max_steps=8: {last} has a cosine schedule over 6 steps, which a resume keeps"),
+        # Before: trained on towards another painting that has the same file name.
+        ("style.image={painting}", "style.image={painting}: not the painting {last} was trained with"),
     ],
 )
 def test_resume_refuses_what_cannot_continue_the_run(
     six_steps: Path, tmp_path: Path, override: str, message: str
 ) -> None:
     last = six_steps / "checkpoints" / "last.ckpt"
-    result = run_script(*FAST, *SCHEDULE, f"ckpt_path={last}", *override.split(), cwd=tmp_path)
+    painting = six_steps.parent / "edited" / "starry_night.jpg"
+    painting.parent.mkdir(exist_ok=True)
+    painting.write_bytes((PROJECT_ROOT / "assets" / "styles" / "the_scream.jpg").read_bytes())
+    overrides = override.format(painting=painting).split()
+    result = run_script(*FAST, *SCHEDULE, f"ckpt_path={last}", *overrides, cwd=tmp_path)
     assert result.returncode == 2
-    assert message.format(last=last) in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert message.format(last=last, painting=painting) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
     assert not any(tmp_path.iterdir())
 
 
