@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import ModuleType
+from typing import NoReturn
 
 
 class UserError(Exception):
@@ -30,15 +31,19 @@ def exit_on_user_error() -> Iterator[None]:
         sys.exit(2)
 
 
+def exit_stopped(kept: str) -> NoReturn:
+    """One line saying what a command stopped by Ctrl-C ``kept``, and exit status 130 (the shells' status for it)."""
+    print(f"stopped (Ctrl-C); {kept}", file=sys.stderr)
+    sys.exit(130)
+
+
 @contextmanager
 def exit_on_ctrl_c(kept: str) -> Iterator[None]:
-    """For entry points: Ctrl-C is one line saying what was ``kept`` and exit status 130 (the shells' status for
-    a command stopped by Ctrl-C), not a traceback from wherever the network was."""
+    """For entry points: Ctrl-C is ``exit_stopped(kept)``, not a traceback from wherever the network was."""
     try:
         yield
     except KeyboardInterrupt:
-        print(f"stopped (Ctrl-C); {kept}", file=sys.stderr)
-        sys.exit(130)
+        exit_stopped(kept)
 
 
 def require(module: str, extra: str, purpose: str) -> ModuleType:

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 from nst_ff.color import preserve_colors
 from nst_ff.device import resolve_device
-from nst_ff.errors import UserError
+from nst_ff.errors import UserError, exit_stopped
 from nst_ff.files import require_writable
 from nst_ff.images import long_side_size, output_format, read_picture, resize, write_picture
 from nst_ff.perceptual import LossTerms, PerceptualLoss
@@ -205,6 +205,5 @@ def run(cfg: dict[str, Any]) -> Path:
         out = preserve_colors(out, content[0].cpu())
     write_picture(output, out)
     if stopped is not None:
-        print(f"stopped (Ctrl-C); wrote {output}, the best image of the {stopped.steps} steps done", file=sys.stderr)
-        sys.exit(130)  # the shells' status for a command stopped by Ctrl-C
+        exit_stopped(f"wrote {output}, the best image of the {stopped.steps} steps done")
     return output

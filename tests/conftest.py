@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -71,3 +74,24 @@ def small_net(upsample: str = "nearest", norm: str = "instance", num_res_blocks:
             module.weight.data.uniform_(0.5, 1.5)
             module.bias.data.uniform_(-0.5, 0.5)
     return net
+
+
+def interrupted(
+    command: list[str], ready: Callable[[], bool], stop: int = signal.SIGINT, cwd: Path = PROJECT_ROOT
+) -> tuple[int, str]:
+    """Run ``command`` as a terminal would (SIGINT not ignored, as it is for a background job), send it ``stop`` once
+    ``ready()`` holds (or after 120 s); its exit status and stderr."""
+    process = subprocess.Popen(
+        command,
+        cwd=cwd,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
+    deadline = time.time() + 120
+    while time.time() < deadline and not ready():
+        time.sleep(0.05)
+    process.send_signal(stop)
+    _, stderr = process.communicate(timeout=120)
+    return process.returncode, stderr

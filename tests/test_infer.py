@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -18,7 +16,7 @@ from safetensors.torch import save_file
 from nst_ff.export import ModelFileError, load_model, save_model
 from nst_ff.net import TransformerNet
 from nst_ff.paths import PROJECT_ROOT
-from tests.conftest import SAMPLES
+from tests.conftest import SAMPLES, interrupted
 
 
 @pytest.fixture(scope="module")
@@ -64,20 +62,8 @@ def test_ctrl_c_keeps_whole_files_and_a_second_run_does_the_rest(tmp_path: Path)
     for index in range(60):
         shutil.copy(SAMPLES / "rocket.jpg", photos / f"{index:02d}.jpg")
     command = [sys.executable, str(PROJECT_ROOT / "infer.py"), "model=starry_night", f"input={photos}", "output=out"]
-    process = subprocess.Popen(
-        command,
-        cwd=tmp_path,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, not a background job
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not any((tmp_path / "out").glob("*.jpg")):
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and "Traceback" not in stderr
+    returncode, stderr = interrupted(command, ready=lambda: any((tmp_path / "out").glob("*.jpg")), cwd=tmp_path)
+    assert returncode == 130 and "Traceback" not in stderr
     assert stderr.strip().splitlines()[-1].startswith("stopped (Ctrl-C); the files written so far are complete")
     written = [path for path in (tmp_path / "out").iterdir() if path.name != ".nst-ff-output"]  # the folder's mark
     assert 0 < len(written) < 60 and all(Image.open(path).size == (640, 427) for path in written)  # no temp files

