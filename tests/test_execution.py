@@ -30,7 +30,7 @@ from nst_ff.execution import (
 )
 from nst_ff.images import load_image
 from nst_ff.module import StyleTransferModule
-from nst_ff.net import InstanceNorm, TransformerNet
+from nst_ff.net import InstanceNorm, TransformerNet, Upsample
 from nst_ff.paths import CONFIG_DIR
 from tests.conftest import SAMPLES, STYLE
 
@@ -55,10 +55,10 @@ def net() -> TransformerNet:
 
 def test_cuda_runs_nchw_fp16_weights_and_torchs_norm() -> None:
     inference = inference_execution(CUDA, "auto")
-    assert inference == Execution(CUDA, torch.float16, channels_last=False, fused_norm=True)
+    assert inference == Execution(CUDA, torch.float16, channels_last=False, fused_norm=True, subpixel=False)
     assert inference_execution(CUDA, "fp32").dtype is None
     training = training_execution(CUDA)
-    assert training == Execution(CUDA, None, channels_last=False, fused_norm=True)  # Lightning autocasts
+    assert training == Execution(CUDA, None, channels_last=False, fused_norm=True, subpixel=False)  # autocast
     assert fused_optimizer(CUDA) and not fused_optimizer(CPU)
     assert training_compile_mode(CUDA) == "reduce-overhead" and training_compile_mode(CUDA, "default") == "default"
 
@@ -67,30 +67,32 @@ def test_cuda_runs_nchw_fp16_weights_and_torchs_norm() -> None:
 def test_cpu_keeps_channels_last_and_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
     monkeypatch.setattr(nst_ff.device, "cpu_has_fast_bf16", lambda: native_bf16)
     inference = inference_execution(CPU, "auto")
-    assert inference == Execution(CPU, torch.bfloat16 if native_bf16 else None, channels_last=True, fused_norm=False)
-    assert training_execution(CPU) == Execution(CPU, None, channels_last=True, fused_norm=False)
+    dtype = torch.bfloat16 if native_bf16 else None
+    assert inference == Execution(CPU, dtype, channels_last=True, fused_norm=False, subpixel=True)
+    assert training_execution(CPU) == Execution(CPU, None, channels_last=True, fused_norm=False, subpixel=True)
     assert training_compile_mode(CPU) == "default"
     # Forcing NCHW switches to torch's own norm kernel, on any device.
     assert inference_execution(CPU, "fp32", channels_last=False).fused_norm
 
 
-def test_prepare_converts_once_and_both_norms_agree(net: TransformerNet) -> None:
+def test_prepare_converts_once_and_the_forms_agree(net: TransformerNet) -> None:
     photo = load_image(SAMPLES / "rocket.jpg")[..., :96, :130]
-    results = {}
-    for execution in (Execution(CPU, None, True, False), Execution(CPU, None, False, True)):
+    results = []
+    for execution in (Execution(CPU, None, True, False, True), Execution(CPU, None, False, True, False)):
         prepared = execution.prepare(TransformerNet(**net.config).eval())
         prepared.load_state_dict(net.state_dict())
         assert all(m.fused == execution.fused_norm for m in prepared.modules() if isinstance(m, InstanceNorm))
+        assert all(m.subpixel == execution.subpixel for m in prepared.modules() if isinstance(m, Upsample))
         with torch.inference_mode():
-            results[execution.fused_norm] = prepared(execution.inputs(photo))
-    assert torch.allclose(results[True], results[False], atol=1e-5)
+            results.append(prepared(execution.inputs(photo)))
+    assert torch.allclose(results[0], results[1], atol=1e-5)
     half = Execution(CPU, torch.bfloat16, channels_last=False, fused_norm=True)
     prepared = half.prepare(TransformerNet(**net.config).eval())
     prepared.load_state_dict(net.state_dict())
     assert all(p.dtype == torch.bfloat16 for p in prepared.parameters())
     with torch.inference_mode():
         out = prepared(half.inputs(photo))
-    assert out.dtype == torch.bfloat16 and psnr(out, results[True]) > 30
+    assert out.dtype == torch.bfloat16 and psnr(out, results[1]) > 30
 
 
 def test_describe_names_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:

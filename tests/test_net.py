@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nst_ff.net import TransformerNet
+from nst_ff.net import TransformerNet, Upsample
 
 
 @pytest.fixture(scope="module")
@@ -97,3 +97,41 @@ def test_bad_inputs_are_refused_clearly(net: TransformerNet) -> None:
         TransformerNet(upsample="pixelshuffle")
     with pytest.raises(ValueError, match="end_kernel must be odd"):
         TransformerNet(end_kernel=4)
+
+
+def _use_subpixel(net: TransformerNet, on: bool) -> None:
+    for module in net.modules():
+        if isinstance(module, Upsample):
+            module.subpixel = on
+
+
+@pytest.mark.parametrize("size", [(3, 5), (16, 16), (21, 10), (33, 47)])
+@pytest.mark.parametrize("norm", ["instance", "none"])
+def test_subpixel_upsampling_is_resize_then_convolve(size: tuple[int, int], norm: str) -> None:
+    # Float64: the two forms must agree to rounding, in the output and in every parameter's gradient, so that
+    # training may run either and the same weights serve both.
+    torch.manual_seed(0)
+    net = TransformerNet(channels=4, num_res_blocks=1, norm=norm).double()
+    image = torch.rand(2, 3, *size, dtype=torch.float64)
+    outputs, gradients = [], []
+    for on in (False, True):
+        _use_subpixel(net, on)
+        net.zero_grad()
+        out = net(image)
+        (out * torch.linspace(0, 1, out.numel(), dtype=out.dtype).view_as(out)).sum().backward()
+        outputs.append(out.detach())
+        gradients.append([p.grad.clone() for p in net.parameters()])
+    assert torch.allclose(outputs[0], outputs[1], rtol=0, atol=1e-12)
+    for plain, subpixel in zip(*gradients, strict=True):
+        assert torch.allclose(plain, subpixel, rtol=1e-9, atol=1e-12)
+
+
+def test_subpixel_upsampling_leaves_the_other_upsamplings_alone() -> None:
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 20, 20)
+    for upsample in ("bilinear", "transposed"):
+        net = TransformerNet(channels=4, num_res_blocks=1, upsample=upsample).eval()
+        with torch.no_grad():
+            plain = net(image)
+            _use_subpixel(net, True)
+            assert torch.equal(net(image), plain)
