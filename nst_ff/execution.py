@@ -12,7 +12,7 @@ says how to use them.
   eager, 14.3 ms compiled.
 - CPU: channels_last with the scale-and-shift InstanceNorm (aten's kernel converts channels_last to
   contiguous and back), bf16 only where the CPU has native bf16 instructions (``resolve_dtype``), and the
-  upsampling layers in their sub-pixel form (``subpixel_upsampling``).
+  full-resolution layers in their sub-pixel forms (``_subpixel_layers``).
 - Anything in NCHW uses torch's kernel; anything channels_last uses ours.
 """
 
@@ -30,7 +30,7 @@ from torch import nn
 
 from nst_ff.device import resolve_dtype
 from nst_ff.errors import UserError
-from nst_ff.net import InstanceNorm, Upsample
+from nst_ff.net import InstanceNorm, OutputLayer, Upsample
 
 COMPILE_SETTINGS = (True, False, "auto")
 
@@ -53,8 +53,8 @@ _TRAINING_COMPILE = {"cuda": (52.0, 0.0107)}
 class Execution:
     """``dtype``: the network's weights and activations (None: float32; training leaves precision to
     Lightning's autocast); ``channels_last``: memory format; ``fused_norm``: torch's instance-norm
-    kernel instead of the channels_last-friendly one; ``subpixel``: resize-then-convolve upsampling
-    computed as its equal transposed convolution (``nst_ff.net.Upsample``)."""
+    kernel instead of the channels_last-friendly one; ``subpixel``: the upsampling and output layers
+    computed by pixel phase (``nst_ff.net.Upsample``, ``nst_ff.net.OutputLayer``)."""
 
     device: torch.device
     dtype: torch.dtype | None = None
@@ -71,7 +71,7 @@ class Execution:
         for module in net.modules():
             if isinstance(module, InstanceNorm):
                 module.fused = self.fused_norm
-            elif isinstance(module, Upsample):
+            elif isinstance(module, (Upsample, OutputLayer)):
                 module.subpixel = self.subpixel
         return net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
 
@@ -86,24 +86,26 @@ class Execution:
             device += f" ({torch.cuda.get_device_name(self.device)})"
         dtype = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "fp32")
         norm = "torch's instance norm" if self.fused_norm else "scale-and-shift instance norm"
-        upsampling = ", sub-pixel upsampling" if self.subpixel else ""
-        return f"{device}, {dtype} weights, {'channels_last' if self.channels_last else 'NCHW'}, {norm}{upsampling}"
+        subpixel = ", sub-pixel layers" if self.subpixel else ""
+        return f"{device}, {dtype} weights, {'channels_last' if self.channels_last else 'NCHW'}, {norm}{subpixel}"
 
 
 def _device_choices(device: torch.device, channels_last: bool | None) -> dict[str, bool]:
     channels_last = device.type != "cuda" if channels_last is None else channels_last
-    return {"channels_last": channels_last, "fused_norm": not channels_last, "subpixel": _subpixel_upsampling(device)}
+    return {"channels_last": channels_last, "fused_norm": not channels_last, "subpixel": _subpixel_layers(device)}
 
 
-def _subpixel_upsampling(device: torch.device) -> bool:
-    """Whether the upsampling layers run as transposed convolutions (``nst_ff.net.Upsample``: the same
-    function, 16 multiply-adds per input pixel instead of 36 and no upsampled copy). CPUs, 1024x1024, medians
-    (2-core AVX-512 EPYC, freed memory kept): the full network's two upsampling layers took 81 ms instead of 189
-    in fp32 and 40 instead of 92 in bf16; the whole network 0.88 -> 0.79 s and 0.47 -> 0.42 s, the fast one
-    0.26 -> 0.22 s and 0.14 -> 0.12 s; with oneDNN and aten held to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2
-    ATEN_CPU_CAPABILITY=avx2``, fp32) 1.52 -> 1.36 s and 0.33 -> 0.27 s. A training step (batch 4, 256 px, bf16):
-    unchanged (the VGG is most of it). Other devices are unmeasured: ``benchmarks/gpu_probe.py`` compares both
-    forms on CUDA."""
+def _subpixel_layers(device: torch.device) -> bool:
+    """Whether the full-resolution layers run by pixel phase, the same functions in fewer or fuller operations:
+    the upsampling layers as transposed convolutions (``nst_ff.net.Upsample``: 16 multiply-adds per input
+    pixel instead of 36, no upsampled copy) and the 3-channel output convolution on 2x2 pixel blocks
+    (``nst_ff.net.OutputLayer``). CPUs, 1024x1024, medians (2-core AVX-512 EPYC, freed memory kept): the full
+    network's two upsampling layers took 81 ms instead of 189 in fp32 and 40 instead of 92 in bf16, its output
+    layer 84 ms instead of 178 and 53 instead of 89; the whole network 0.98 -> 0.76 s in fp32 and 0.50 -> 0.41 s
+    in bf16, the fast one 0.25 -> 0.18 s and 0.15 -> 0.11 s; with oneDNN and aten held to AVX2
+    (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``, fp32) 1.60 -> 1.33 s and 0.34 -> 0.26 s. A training
+    step (batch 4, 256 px, bf16): unchanged (the VGG is most of it). Other devices are unmeasured:
+    ``benchmarks/gpu_probe.py`` compares both forms on CUDA."""
     return device.type == "cpu"
 
 

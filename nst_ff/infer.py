@@ -34,7 +34,7 @@ from nst_ff.pipeline import Writer, batched, read_ahead
 from nst_ff.stylize import Stylizer
 
 # Speed classes by arithmetic per 1024x1024 image, which sets CPU time (measured on 2 AVX-512 cores:
-# full 322 GFLOP ~0.6 s bf16, fast 47 GFLOP ~0.2 s; benchmarks/bench_cpu.py).
+# full 322 GFLOP ~0.4 s bf16, fast 47 GFLOP ~0.1 s; benchmarks/bench_cpu.py).
 FAST_GFLOP = 100
 # Videos are stylised as videos, beside photos in folder runs.
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS

@@ -157,6 +157,42 @@ class Upsample(nn.Sequential):
         return x
 
 
+def space_to_depth_weight(weight: torch.Tensor) -> torch.Tensor:
+    """A (cout, cin, k, k) convolution weight (k odd) -> the (4 cout, 4 cin, k // 2 + 1, k // 2 + 1) weight of
+    ``OutputLayer``'s sub-pixel form: output phase (a, b) of channel c, input phase (s, t) of channel ci
+    and tap (ky, kx) take the original tap (2 ky + s - a, 2 kx + t - b), zero where that falls outside."""
+    cout, cin, k, _ = weight.shape
+    taps = k // 2 + 1
+    steps, phases = torch.arange(taps, device=weight.device), torch.arange(2, device=weight.device)
+    # (a, s, ky) -> the tap's row in the kernel padded by one zero on each side
+    index = 2 * steps[None, None, :] + phases[None, :, None] - phases[:, None, None] + 1
+    taken = F.pad(weight, (1, 1, 1, 1))[:, :, index][..., index]  # (c, ci, a, s, ky, b, t, kx)
+    return taken.permute(0, 2, 5, 1, 3, 6, 4, 7).reshape(4 * cout, 4 * cin, taps, taps)
+
+
+class OutputLayer(ConvLayer):
+    """The last layer: reflection padding and a ``kernel``-sized convolution down to 3 channels at full resolution.
+
+    ``subpixel`` (set by ``nst_ff.execution``) computes it on 2x2 blocks of pixels (space to depth): the padded
+    input's four pixel phases as channels (``pixel_unshuffle``), a convolution to the output's four phases at
+    half resolution (``space_to_depth_weight``), then the phases back in place (``pixel_shuffle``). The same
+    function and parameters, with 12 output channels instead of 3 (CPU convolution kernels compute 8 or 16
+    output channels at once)."""
+
+    subpixel: bool = False
+
+    def __init__(self, cin: int, kernel: int) -> None:
+        super().__init__(cin, 3, kernel, norm="none", relu=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if not self.subpixel:
+            return super().forward(x)
+        pad, conv = self
+        x = F.pixel_unshuffle(pad(x), 2)  # TransformerNet's sizes are even here
+        x = F.conv2d(x, space_to_depth_weight(conv.weight), conv.bias.repeat_interleave(4))
+        return F.pixel_shuffle(x, 2)
+
+
 class TransformerNet(nn.Module):
     """9x9 conv in, two stride-2 downsamplings, residual blocks, two x2 upsamplings, 9x9 conv out.
 
@@ -195,7 +231,7 @@ class TransformerNet(nn.Module):
             *(ResidualBlock(4 * c, norm, separable) for _ in range(num_res_blocks)),
             Upsample(4 * c, 2 * c, upsample, norm),
             Upsample(2 * c, c, upsample, norm),
-            ConvLayer(c, 3, end_kernel, norm="none", relu=False),
+            OutputLayer(c, end_kernel),
         )
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:

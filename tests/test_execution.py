@@ -30,7 +30,7 @@ from nst_ff.execution import (
 )
 from nst_ff.images import load_image
 from nst_ff.module import StyleTransferModule
-from nst_ff.net import InstanceNorm, TransformerNet, Upsample
+from nst_ff.net import InstanceNorm, OutputLayer, TransformerNet, Upsample
 from nst_ff.paths import CONFIG_DIR
 from tests.conftest import SAMPLES, STYLE
 
@@ -82,7 +82,8 @@ def test_prepare_converts_once_and_the_forms_agree(net: TransformerNet) -> None:
         prepared = execution.prepare(TransformerNet(**net.config).eval())
         prepared.load_state_dict(net.state_dict())
         assert all(m.fused == execution.fused_norm for m in prepared.modules() if isinstance(m, InstanceNorm))
-        assert all(m.subpixel == execution.subpixel for m in prepared.modules() if isinstance(m, Upsample))
+        phased = [m for m in prepared.modules() if isinstance(m, (Upsample, OutputLayer))]
+        assert len(phased) == 3 and all(m.subpixel == execution.subpixel for m in phased)
         with torch.inference_mode():
             results.append(prepared(execution.inputs(photo)))
     assert torch.allclose(results[0], results[1], atol=1e-5)

@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from nst_ff.net import TransformerNet, Upsample
+from nst_ff.net import OutputLayer, TransformerNet, Upsample
 
 
 @pytest.fixture(scope="module")
@@ -99,19 +99,19 @@ def test_bad_inputs_are_refused_clearly(net: TransformerNet) -> None:
         TransformerNet(end_kernel=4)
 
 
-def _use_subpixel(net: TransformerNet, on: bool) -> None:
+def _use_subpixel(net: TransformerNet, on: bool, kinds: tuple[type, ...] = (Upsample, OutputLayer)) -> None:
     for module in net.modules():
-        if isinstance(module, Upsample):
+        if isinstance(module, kinds):
             module.subpixel = on
 
 
 @pytest.mark.parametrize("size", [(3, 5), (16, 16), (21, 10), (33, 47)])
-@pytest.mark.parametrize("norm", ["instance", "none"])
-def test_subpixel_upsampling_is_resize_then_convolve(size: tuple[int, int], norm: str) -> None:
+@pytest.mark.parametrize(("norm", "end_kernel"), [("instance", 9), ("none", 9), ("instance", 3), ("instance", 1)])
+def test_subpixel_layers_compute_the_same_function(size: tuple[int, int], norm: str, end_kernel: int) -> None:
     # Float64: the two forms must agree to rounding, in the output and in every parameter's gradient, so that
     # training may run either and the same weights serve both.
     torch.manual_seed(0)
-    net = TransformerNet(channels=4, num_res_blocks=1, norm=norm).double()
+    net = TransformerNet(channels=4, num_res_blocks=1, norm=norm, end_kernel=end_kernel).double()
     image = torch.rand(2, 3, *size, dtype=torch.float64)
     outputs, gradients = [], []
     for on in (False, True):
@@ -133,5 +133,5 @@ def test_subpixel_upsampling_leaves_the_other_upsamplings_alone() -> None:
         net = TransformerNet(channels=4, num_res_blocks=1, upsample=upsample).eval()
         with torch.no_grad():
             plain = net(image)
-            _use_subpixel(net, True)
+            _use_subpixel(net, True, kinds=(Upsample,))
             assert torch.equal(net(image), plain)
