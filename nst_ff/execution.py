@@ -101,9 +101,9 @@ def _subpixel_layers(device: torch.device) -> bool:
     pixel instead of 36, no upsampled copy) and the 3-channel output convolution on 2x2 pixel blocks
     (``nst_ff.net.OutputLayer``). CPUs, 1024x1024, medians (2-core AVX-512 EPYC, freed memory kept): the full
     network's two upsampling layers took 81 ms instead of 189 in fp32 and 40 instead of 92 in bf16, its output
-    layer 84 ms instead of 178 and 53 instead of 89; the whole network 0.98 -> 0.76 s in fp32 and 0.50 -> 0.41 s
-    in bf16, the fast one 0.25 -> 0.18 s and 0.15 -> 0.11 s; with oneDNN and aten held to AVX2
-    (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``, fp32) 1.60 -> 1.33 s and 0.34 -> 0.26 s. A training
+    layer 79 ms instead of 188 and 39 instead of 94; the whole network 1.00 -> 0.76 s in fp32 and 0.50 -> 0.39 s
+    in bf16, the fast one 0.27 -> 0.18 s and 0.15 -> 0.10 s; with oneDNN and aten held to AVX2
+    (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``, fp32) 1.60 -> 1.34 s and 0.35 -> 0.26 s. A training
     step (batch 4, 256 px, bf16): unchanged (the VGG is most of it). Other devices are unmeasured:
     ``benchmarks/gpu_probe.py`` compares both forms on CUDA."""
     return device.type == "cpu"

@@ -159,25 +159,41 @@ class Upsample(nn.Sequential):
 
 def space_to_depth_weight(weight: torch.Tensor) -> torch.Tensor:
     """A (cout, cin, k, k) convolution weight (k odd) -> the (4 cout, 4 cin, k // 2 + 1, k // 2 + 1) weight of
-    ``OutputLayer``'s sub-pixel form: output phase (a, b) of channel c, input phase (s, t) of channel ci
-    and tap (ky, kx) take the original tap (2 ky + s - a, 2 kx + t - b), zero where that falls outside."""
+    ``OutputLayer``'s sub-pixel form, channels ordered phase first (``to_blocks``): output phase (a, b) of
+    channel c, input phase (s, t) of channel ci and tap (ky, kx) take the original tap (2 ky + s - a,
+    2 kx + t - b), zero where that falls outside."""
     cout, cin, k, _ = weight.shape
     taps = k // 2 + 1
     steps, phases = torch.arange(taps, device=weight.device), torch.arange(2, device=weight.device)
     # (a, s, ky) -> the tap's row in the kernel padded by one zero on each side
     index = 2 * steps[None, None, :] + phases[None, :, None] - phases[:, None, None] + 1
     taken = F.pad(weight, (1, 1, 1, 1))[:, :, index][..., index]  # (c, ci, a, s, ky, b, t, kx)
-    return taken.permute(0, 2, 5, 1, 3, 6, 4, 7).reshape(4 * cout, 4 * cin, taps, taps)
+    return taken.permute(2, 5, 0, 3, 6, 1, 4, 7).reshape(4 * cout, 4 * cin, taps, taps)
+
+
+def to_blocks(x: torch.Tensor) -> torch.Tensor:
+    """(N, C, H, W) with H and W even -> (N, 4C, H/2, W/2): each 2x2 block of pixels as the channels of one,
+    ordered (row phase, column phase, channel). ``F.pixel_unshuffle`` orders them channel first, which in
+    channels_last memory gathers single values (6x slower here than moving rows of 2C values)."""
+    n, c, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2 * c)
+    return rows.transpose(2, 3).reshape(n, h // 2, w // 2, 4 * c).permute(0, 3, 1, 2)
+
+
+def from_blocks(x: torch.Tensor) -> torch.Tensor:
+    """The inverse of ``to_blocks``."""
+    n, c4, h, w = x.shape
+    rows = x.permute(0, 2, 3, 1).reshape(n, h, w, 2, c4 // 2)
+    return rows.transpose(2, 3).reshape(n, 2 * h, 2 * w, c4 // 4).permute(0, 3, 1, 2)
 
 
 class OutputLayer(ConvLayer):
     """The last layer: reflection padding and a ``kernel``-sized convolution down to 3 channels at full resolution.
 
     ``subpixel`` (set by ``nst_ff.execution``) computes it on 2x2 blocks of pixels (space to depth): the padded
-    input's four pixel phases as channels (``pixel_unshuffle``), a convolution to the output's four phases at
-    half resolution (``space_to_depth_weight``), then the phases back in place (``pixel_shuffle``). The same
-    function and parameters, with 12 output channels instead of 3 (CPU convolution kernels compute 8 or 16
-    output channels at once)."""
+    input's four pixel phases as channels (``to_blocks``), a convolution to the output's four phases at half
+    resolution (``space_to_depth_weight``), then the phases back in place. The same function and parameters,
+    with 12 output channels instead of 3 (CPU convolution kernels compute 8 or 16 output channels at once)."""
 
     subpixel: bool = False
 
@@ -188,9 +204,9 @@ class OutputLayer(ConvLayer):
         if not self.subpixel:
             return super().forward(x)
         pad, conv = self
-        x = F.pixel_unshuffle(pad(x), 2)  # TransformerNet's sizes are even here
-        x = F.conv2d(x, space_to_depth_weight(conv.weight), conv.bias.repeat_interleave(4))
-        return F.pixel_shuffle(x, 2)
+        x = to_blocks(pad(x))  # TransformerNet's sizes are even here
+        x = F.conv2d(x, space_to_depth_weight(conv.weight), conv.bias.repeat(4))
+        return from_blocks(x)
 
 
 class TransformerNet(nn.Module):
