@@ -42,11 +42,10 @@ COMPILE_SETTINGS = (True, False, "auto")
 # (full network, fp32). With AVX-512 compiling saves too little to repay itself in any job: 2-core EPYC with
 # AVX512-BF16, 1024 px, one thread, ~11 s to compile: full network 1.87 -> 1.80 s in fp32 and 0.98 -> 0.96 s
 # in bf16, fast network 0.54 -> 0.52 s and 0.29 -> 0.29 s; with the sub-pixel layers (two threads, bf16) full
-# 0.382 -> 0.375 s, fast 0.104 -> 0.233 s (slower: inductor's code for the fast network's 16-channel reflection
-# padding and pixel blocks). The AVX2 figures predate the sub-pixel layers; with oneDNN, aten and inductor held
-# to AVX2 on that EPYC, compiled equalled eager (full network 1.30 against 1.32 s, fp32), so the AVX2 entry
-# awaits a measurement on such a CPU. Training is not compiled on CPUs: on that EPYC the compiled bf16 step was
-# slower (batch 4 at 128 px: 0.33 s against 0.30 s eager; bench_train.py --compile).
+# 0.361 -> 0.360 s, fast 0.102 -> 0.101 s. The AVX2 figures predate the sub-pixel layers; with oneDNN, aten
+# and inductor held to AVX2 on that EPYC, compiled equalled eager (full network 1.30 against 1.32 s, fp32), so
+# the AVX2 entry awaits a measurement on such a CPU. Training is not compiled on CPUs: on that EPYC the compiled
+# bf16 step was slower (batch 4 at 128 px: 0.33 s against 0.30 s eager; bench_train.py --compile).
 # A warm compile cache (``compile_cache_dir``) makes later compilations several times cheaper; these
 # thresholds assume a cold one.
 _INFERENCE_COMPILE = {"cuda": (10.0, 0.0065), "cpu AVX2": (40.0, 0.84)}
@@ -71,7 +70,7 @@ class Execution:
         return torch.channels_last if self.channels_last else torch.contiguous_format
 
     def prepare(self, net: nn.Module) -> nn.Module:
-        """Set the norm and upsampling kinds, then move ``net`` (in place) to the device, dtype and memory format."""
+        """Set the norm kind and the layers' forms, then move ``net`` (in place) to the device, dtype and layout."""
         for module in net.modules():
             if isinstance(module, InstanceNorm):
                 module.fused = self.fused_norm
