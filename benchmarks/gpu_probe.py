@@ -43,7 +43,7 @@ from benchmarks.report import machine  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
 from nst_ff.export import load_model  # noqa: E402
 from nst_ff.images import load_image, to_float  # noqa: E402
-from nst_ff.net import OutputLayer, Upsample  # noqa: E402
+from nst_ff.net import OutputLayer, Upsample, reflect_by_slices  # noqa: E402
 from nst_ff.perceptual import PerceptualLoss  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
 
@@ -564,9 +564,7 @@ class CatReflectionPad(nn.Module):
         self.pad = pad
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        p = self.pad
-        x = torch.cat([x[:, :, 1 : p + 1].flip(2), x, x[:, :, -p - 1 : -1].flip(2)], 2)
-        return torch.cat([x[:, :, :, 1 : p + 1].flip(3), x, x[:, :, :, -p - 1 : -1].flip(3)], 3)
+        return reflect_by_slices(x, self.pad)
 
 
 def cat_padded(net: nn.Module) -> nn.Module:
