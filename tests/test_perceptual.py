@@ -29,6 +29,19 @@ def test_gram_matrix_is_float32_under_bf16_autocast() -> None:
     assert gram.dtype == torch.float32 and gram.shape == (2, 8, 8)
 
 
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_gram_matrix_gradient_is_autograds_in_either_layout(memory_format: torch.memory_format) -> None:
+    # The Gram's own backward (one product) against autograd's through the plain formula, in float64.
+    features = torch.rand(2, 6, 5, 7, dtype=torch.float64).to(memory_format=memory_format).requires_grad_()
+    upstream = torch.rand(2, 6, 6, dtype=torch.float64)  # not symmetric, unlike a loss's gradient
+    assert torch.autograd.gradcheck(gram_matrix, (features,))
+    (mine,) = torch.autograd.grad((gram_matrix(features) * upstream).sum(), features)
+    plain = features.reshape(2, 6, 35)
+    (expected,) = torch.autograd.grad((plain @ plain.mT / (6 * 35) * upstream).sum(), features)
+    torch.testing.assert_close(mine, expected, rtol=1e-12, atol=1e-12)
+    assert mine.is_contiguous(memory_format=memory_format)  # laid out like the features: no copy on the way back
+
+
 def test_total_variation_by_hand() -> None:
     image = torch.tensor([[[[0.0, 1.0], [1.0, 1.0]]]])
     # vertical diffs (1, 0) -> mean 0.5; horizontal diffs (1, 0) -> mean 0.5
