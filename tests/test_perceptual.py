@@ -29,6 +29,19 @@ def test_gram_matrix_is_float32_under_bf16_autocast() -> None:
     assert gram.dtype == torch.float32 and gram.shape == (2, 8, 8)
 
 
+def test_gram_matrix_gradient_of_bf16_features_is_bf16_and_close() -> None:
+    # The gradient takes the features' type (as autograd's through a float32 cast would); computed in bf16
+    # it stays within bf16's rounding of the float32 product's.
+    features = torch.rand(2, 32, 16, 16).to(memory_format=torch.channels_last)
+    upstream = torch.randn(2, 32, 32)
+    low = features.bfloat16().requires_grad_()
+    (grad,) = torch.autograd.grad((gram_matrix(low) * upstream).sum(), low)
+    exact = features.double().requires_grad_()
+    (expected,) = torch.autograd.grad((gram_matrix(exact) * upstream.double()).sum(), exact)
+    assert grad.dtype == torch.bfloat16
+    assert ((grad.double() - expected).norm() / expected.norm()).item() < 1e-2
+
+
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_gram_matrix_gradient_is_autograds_in_either_layout(memory_format: torch.memory_format) -> None:
     # The Gram's own backward (one product) against autograd's through the plain formula, in float64.
