@@ -45,6 +45,12 @@ def test_gram_matrix_of_bf16_features_is_within_bf16_rounding() -> None:
     assert ((grad.double() - expected).norm() / expected.norm()).item() < 1e-2
 
 
+def test_gram_matrix_of_fp16_features_does_not_overflow() -> None:
+    # fp16-mixed training (GPUs without bf16): a sum over 64x64 pixels of 100 x 100 is 4.1e7, past fp16's 65504.
+    features = torch.full((1, 4, 64, 64), 100.0, dtype=torch.float16)
+    assert torch.equal(gram_matrix(features), torch.full((1, 4, 4), 100.0 * 100.0 / 4))
+
+
 @pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
 def test_gram_matrix_gradient_is_autograds_in_either_layout(memory_format: torch.memory_format) -> None:
     # The Gram's own backward (one product) against autograd's through the plain formula, in float64.
