@@ -637,6 +637,7 @@ def summary(results: dict[str, Any]) -> str:
     for row in folder.get("host_stages", []):
         lines.append(
             f"host stages alone, {row['threads']} threads: decode {row['decode images/s']:.0f} images/s, "
+            f"encode {row['encode images/s']:.0f} images/s, "
             f"encode and write {row['encode and write images/s']:.0f} images/s"
         )
     for row in results.get("video", {}).get("rows", []):
