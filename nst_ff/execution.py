@@ -37,19 +37,20 @@ COMPILE_SETTINGS = (True, False, "auto")
 # When compiling pays off within one job: (seconds a compilation costs, seconds it saves per unit of
 # work). Inference counts megapixels, training counts steps. CUDA: one H200 (benchmarks/gpu_probe.sh and
 # its A/B, torch 2.11): compiling the fp16 network with static shapes took 10 s and cut 1024 px from 10.1
-# to 3.3 ms; the batch-4 training step took 52 s to compile and went from 20.6 to 9.9 ms (bf16). CPUs, by
-# their vector instructions: 2-core AVX2 EPYC (README): 13 to 66 s per graph, 1024 px from 3.68 to 2.84 s
-# (full network, fp32). With AVX-512 compiling saves too little to repay itself in any job: 2-core EPYC with
-# AVX512-BF16, 1024 px, one thread, ~11 s to compile: full network 1.87 -> 1.80 s in fp32 and 0.98 -> 0.96 s
-# in bf16, fast network 0.54 -> 0.52 s and 0.29 -> 0.29 s; with the sub-pixel layers (two threads, bf16) full
-# 0.361 -> 0.360 s, fast 0.102 -> 0.101 s. The AVX2 figures predate the sub-pixel layers; with oneDNN, aten
-# and inductor held to AVX2 on that EPYC, compiled equalled eager (full network 1.30 against 1.32 s, fp32), so
-# the AVX2 entry awaits a measurement on such a CPU. Training is not compiled on CPUs: on that EPYC the compiled
-# bf16 step was slower (batch 4 at 128 px: 0.33 s against 0.30 s eager; bench_train.py --compile), and with the
-# current style loss saves 3% (0.245 against 0.252 s) after 58 s of compiling: 8000 steps to repay it.
-# A warm compile cache (``compile_cache_dir``) makes later compilations several times cheaper; these
-# thresholds assume a cold one.
-_INFERENCE_COMPILE = {"cuda": (10.0, 0.0065), "cpu AVX2": (40.0, 0.84)}
+# to 3.3 ms; the batch-4 training step took 52 s to compile and went from 20.6 to 9.9 ms (bf16). CPUs never
+# compile on auto. With AVX-512 compiling saves too little to repay itself in any job: 2-core EPYC with
+# AVX512-BF16, 1024 px, ~10 s to compile: with the sub-pixel layers (two threads, bf16) full network 0.361 ->
+# 0.360 s, fast 0.102 -> 0.101 s. An AVX2-only EPYC once gained 1.3x (1024 px, 3.68 -> 2.84 s, fp32, 13 to 66 s
+# per graph), before the channels_last instance norm and the sub-pixel layers made eager 2.8x faster; on the
+# AVX-512 EPYC with oneDNN, aten and inductor held to AVX2 (``ONEDNN_MAX_CPU_ISA=AVX2
+# ATEN_CPU_CAPABILITY=avx2``, ``cpp.simdlen=256``), compiled now equals eager (full network 1.30 s both, fast
+# 0.27 s both, fp32, in two sessions), so that entry went: compiling would cost an AVX2 folder run 10-66 s
+# for nothing. A measurement on a real AVX2-only CPU that shows a gain brings it back. Training is not
+# compiled on CPUs: on that EPYC the compiled bf16 step was slower (batch 4 at 128 px: 0.33 s against 0.30 s
+# eager; bench_train.py --compile), and with the current style loss saves 3% (0.245 against 0.252 s) after
+# 58 s of compiling: 8000 steps to repay it. A warm compile cache (``compile_cache_dir``) makes later
+# compilations several times cheaper; these thresholds assume a cold one.
+_INFERENCE_COMPILE = {"cuda": (10.0, 0.0065)}
 _TRAINING_COMPILE = {"cuda": (52.0, 0.0107)}
 
 
@@ -161,13 +162,8 @@ def _compile(
     _check(setting, key)
     if setting != "auto":
         return bool(setting)
-    cost, saving = pays_off.get(_payoff_kind(device), (float("inf"), 0.0))
+    cost, saving = pays_off.get(device.type, (float("inf"), 0.0))
     return work * saving > cost
-
-
-def _payoff_kind(device: torch.device) -> str:
-    """The device type, and on a CPU its vector instructions, on which compiled code's gain depends."""
-    return f"cpu {torch.backends.cpu.get_cpu_capability()}" if device.type == "cpu" else device.type
 
 
 def compile_inference(setting: bool | str, device: torch.device, megapixels: float) -> bool:

@@ -102,12 +102,9 @@ def test_describe_names_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     assert line == "cuda (Fake H100), fp16 weights, NCHW, torch's instance norm"
 
 
-def test_compile_auto_pays_off_only_for_big_jobs(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_compile_auto_pays_off_only_for_big_jobs() -> None:
     assert not compile_inference("auto", CUDA, megapixels=100) and compile_inference("auto", CUDA, 10_000)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX2")
-    assert not compile_inference("auto", CPU, megapixels=4) and compile_inference("auto", CPU, 1000)
-    monkeypatch.setattr(torch.backends.cpu, "get_cpu_capability", lambda: "AVX512")  # saves a few % there
-    assert not compile_inference("auto", CPU, megapixels=10**6)
+    assert not compile_inference("auto", CPU, megapixels=10**6)  # compiled equals eager on CPUs
     assert compile_inference(True, CPU, 0) and not compile_inference(False, CUDA, 1e9)
     assert compile_training("auto", CUDA, steps=40_000) and not compile_training("auto", CUDA, steps=100)
     assert not compile_training("auto", CPU, steps=10**6) and compile_training(True, CPU, 1)
