@@ -26,6 +26,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -43,7 +44,7 @@ from benchmarks.report import machine  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
 from nst_ff.export import load_model  # noqa: E402
 from nst_ff.images import load_image, to_float  # noqa: E402
-from nst_ff.net import OutputLayer, Upsample, reflect_by_slices  # noqa: E402
+from nst_ff.net import reflect_by_slices  # noqa: E402
 from nst_ff.perceptual import PerceptualLoss  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
 
@@ -220,8 +221,8 @@ class Probe:
                 # The CPUs' upsampling and output layers (2.3x and 1.7-2.1x faster there); unmeasured on CUDA.
                 runners[SUBPIXEL] = Stylizer(net, device=device, compile=True)
                 runners[SUBPIXEL_EAGER] = Stylizer(net, device=device)
-                for name in (SUBPIXEL, SUBPIXEL_EAGER):
-                    use_subpixel(runners[name].net)
+                for name in (SUBPIXEL, SUBPIXEL_EAGER):  # before their first call, whatever the device's choice
+                    replace(runners[name].execution, subpixel=True).prepare(runners[name].net)
             image = nn.functional.interpolate(photo, size=(size, size), mode="bicubic").clamp(0, 1).to(self.device)
             outputs = {}
             for name, run in runners.items():
@@ -268,7 +269,7 @@ class Probe:
                 if name == VGG_CHANNELS_LAST:
                     module.perceptual.to(memory_format=torch.channels_last)
                 if name == SUBPIXEL:
-                    use_subpixel(module.net)
+                    replace(module.execution, subpixel=True).prepare(module.net)
                 optimizer = torch.optim.Adam(
                     module.net.parameters(), lr=1e-3, fused=not reference and self.device.type == "cuda"
                 )
@@ -534,14 +535,6 @@ class ChannelPadded(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.conv(nn.functional.pad(x, (0, 0, 0, 0, 0, self.in_pad)))[:, : self.out_channels]
-
-
-def use_subpixel(net: nn.Module) -> None:
-    """Set ``net``'s upsampling and output layers (before its first call) to their sub-pixel forms
-    (``nst_ff.net.Upsample``, ``nst_ff.net.OutputLayer``), whatever ``nst_ff.execution`` chose for the device."""
-    for module in net.modules():
-        if isinstance(module, (Upsample, OutputLayer)):
-            module.subpixel = True
 
 
 def padded_ends(net: nn.Module) -> nn.Module:
