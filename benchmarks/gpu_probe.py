@@ -9,6 +9,9 @@ per image seen is the large-batch recipe's curve; the exported model's validatio
 shipped one's. Every part is timed against --budget; a part that fails or does not fit is recorded as
 such and the others still run. Results: JSON after every part, a PNG of the curve.
 
+Not in the default run, for a device call of its own: ``--parts retrain --budget 540`` trains the four shipped
+styles again with the GPU recipe (gpu_fast, then checkpoints/README.md's fine-tune for video) and returns them.
+
     python benchmarks/gpu_probe.py --out OUT              # on the GPU machine, via gpu_probe.sh
     python benchmarks/gpu_probe.py --cpu-smoke --out /tmp/probe   # tiny sizes on a CPU: does it run?
 """
@@ -49,7 +52,6 @@ from nst_ff.perceptual import PerceptualLoss  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
 
 SHIPPED = ROOT / "checkpoints" / "starry_night.safetensors"
-STYLE = ROOT / "assets" / "styles" / "starry_night.jpg"
 VGG_FILE = "vgg16_conv4_3_fp16.safetensors"
 VGG_CHANNELS_LAST = "nst-ff compiled, VGG channels_last"
 PADDED_ENDS = "nst-ff compiled, 3-channel ends padded to 8"
@@ -60,6 +62,11 @@ SUBPIXEL_EAGER = "nst-ff eager, sub-pixel layers"
 # The parts in the order they run (the unmet targets' first), with the seconds each needs to start. The loader
 # met its target (2467 crops/s on the H200) and video has none, so they come last.
 PARTS = {"inference": 60, "train_runs": 60, "infer_folder": 40, "training_steps": 90, "loader": 40, "video": 60}
+# Run only when named in --parts, in a device call of their own (the default parts fill one).
+OPTIONAL_PARTS = {"retrain": 150}
+
+# The shipped styles and the temporal weight of each one's video fine-tune (checkpoints/README.md).
+SHIPPED_STYLES = {"starry_night": 6e7, "great_wave": 1.2e8, "the_scream": 6e7, "composition_vii": 6e7}
 
 # Sizes for the GPU, and tiny ones for --cpu-smoke (same code paths, seconds of work).
 GPU = {
@@ -83,6 +90,17 @@ GPU = {
         ],
     },
     "run_extra": [],
+    # checkpoints/README.md's fine-tune for video after each style's gpu_fast run; 300 steps repay no compilation.
+    "retrain_styles": list(SHIPPED_STYLES),
+    "stable": [
+        "loss.style_weight=2.5e10",
+        "model.lr=2e-4",
+        "model.warmup_steps=0",
+        "model.compile=auto",
+        "trainer.max_steps=300",
+        "trainer.val_check_interval=100",
+        "checkpoint.every_n_steps=100",
+    ],
     # 1080p clip (seconds), frames per batch, H.264 presets: the default, and a fast one in case encoding binds.
     "video": (4, 16, ["medium", "veryfast"]),
 }
@@ -98,6 +116,8 @@ SMOKE = {
         "gpu_fast (batch 16)": ["data.batch_size=4", "trainer.max_steps=4", "trainer.val_check_interval=2"],
         "batch 4": ["data.batch_size=2", "trainer.max_steps=8", "trainer.val_check_interval=4"],
     },
+    "retrain_styles": ["the_scream"],
+    "stable": ["data.batch_size=2", "model.warmup_steps=0", "trainer.max_steps=2", "trainer.val_check_interval=2"],
     "run_extra": [
         "trainer=cpu",
         "model.compile=false",
@@ -290,12 +310,13 @@ class Probe:
             print_rows(rows[-len(names) :])
         return {"rows": rows, "crop": self.setup["crop"], "precision": "reference fp32; nst-ff bf16 autocast"}
 
-    def validation_loss(self, model: Path) -> float:
-        """The training loss of ``model`` on the validation photos (the bundled samples), fp32, on the device."""
+    def validation_loss(self, model: Path, style: str = "starry_night") -> float:
+        """The johnson2016 loss of ``model`` for ``style`` on the validation photos (the bundled samples), fp32,
+        on the device."""
         data = PhotoDataModule(str(self.photos), str(ROOT / "assets" / "samples"))
         data.setup("fit")
         loss = PerceptualLoss.from_config(**self.loss)
-        loss.set_style(load_image(STYLE, self.loss["style_size"]))
+        loss.set_style(load_image(ROOT / "assets" / "styles" / f"{style}.jpg", self.loss["style_size"]))
         loss.to(self.device)
         net = load_model(model)[0].to(self.device)
         with torch.no_grad():
@@ -403,6 +424,51 @@ class Probe:
             rows += [{"preset": preset, **row} for row in json.loads(report.read_text())["rows"]]
         return {"rows": rows}
 
+    def train(self, run_dir: Path, overrides: list[str]) -> float:
+        """A whole ``train.py experiment=gpu_fast`` run on the carried photos into ``run_dir``: its wall seconds."""
+        args = ["train.py", "experiment=gpu_fast", f"data.root={self.photos}", f"hydra.run.dir={run_dir}"]
+        args += [f"loss.weights.source={self.weights['source']}", "trainer.enable_progress_bar=false"]
+        if "path" in self.weights:
+            args.append(f"loss.weights.path={self.weights['path']}")
+        _, wall = self.command([*args, *self.setup["run_extra"], *overrides], self.left() - 5)
+        return wall
+
+    def retrain(self) -> dict[str, Any]:
+        """The shipped styles trained again as checkpoints/README.md says, with the GPU recipe: gpu_fast's run,
+        then the fine-tune for video from it. The stable models go to --out as ``<style>.safetensors``; each
+        style's validation loss, the per-frame and stable models' beside the shipped one's, says whether it
+        should replace it (then: README, Performance, on adopting them)."""
+        styles: dict[str, Any] = {}
+        for style in self.setup["retrain_styles"]:
+            if self.left() < OPTIONAL_PARTS["retrain"]:
+                styles[style] = {"skipped": f"{self.left():.0f} s left"}
+                continue
+            runs = self.work / "retrain" / style
+            per_frame, stable = (
+                runs / kind / "checkpoints" / f"{style}.safetensors" for kind in ("per_frame", "stable")
+            )
+            try:
+                per_frame_s = self.train(
+                    runs / "per_frame", [f"style={style}", *self.setup["runs"]["gpu_fast (batch 16)"]]
+                )
+                tuning = [
+                    f"style={style}",
+                    f"model.init_from={per_frame}",
+                    f"model.temporal_weight={SHIPPED_STYLES[style]:g}",
+                ]
+                stable_s = self.train(runs / "stable", [*tuning, *self.setup["stable"]])
+            except Exception as error:
+                styles[style] = {"error": repr(error)[-2000:]}
+                continue
+            (self.out / f"{style}.safetensors").write_bytes(stable.read_bytes())
+            shipped = ROOT / "checkpoints" / f"{style}.safetensors"
+            losses = {
+                name: self.validation_loss(model, style)
+                for name, model in (("per-frame", per_frame), ("stable", stable), ("shipped", shipped))
+            }
+            styles[style] = {"wall_s": {"per-frame": per_frame_s, "stable": stable_s}, "val_loss": losses}
+        return {"styles": styles, "loss": "johnson2016 (style weight 1e10) on the bundled samples, fp32"}
+
     def train_runs(self) -> dict[str, Any]:
         runs = {}
         for name, overrides in self.setup["runs"].items():
@@ -410,13 +476,8 @@ class Probe:
                 runs[name] = {"skipped": "out of time"}
                 continue
             run_dir = self.work / re.sub(r"[^a-z0-9]+", "_", name)
-            args = ["train.py", "experiment=gpu_fast", f"data.root={self.photos}", f"hydra.run.dir={run_dir}"]
-            args += [f"loss.weights.source={self.weights['source']}", "trainer.enable_progress_bar=false"]
-            if "path" in self.weights:
-                args.append(f"loss.weights.path={self.weights['path']}")
-            args += [*self.setup["run_extra"], *overrides]
             try:
-                _, wall = self.command(args, self.left() - 5)
+                wall = self.train(run_dir, overrides)
             except Exception as error:
                 runs[name] = {"error": repr(error)[-2000:]}
                 continue
@@ -654,6 +715,13 @@ def summary(results: dict[str, Any]) -> str:
             )
         elif name.startswith("shipped"):
             lines.append(f"{name}: {run:.4g}")
+    for style, run in results.get("retrain", {}).get("styles", {}).items():
+        if "val_loss" in run:
+            losses = ", ".join(f"{name} {value:.4g}" for name, value in run["val_loss"].items())
+            walls = ", ".join(f"{name} {value:.0f} s" for name, value in run["wall_s"].items())
+            lines.append(f"retrained {style}: val loss {losses} (train.py: {walls})")
+        else:
+            lines.append(f"retrained {style}: {run.get('error') or run.get('skipped')}")
     for name, value in results.items():
         if isinstance(value, dict) and ("error" in value or "skipped" in value):
             lines.append(f"{name}: {value.get('error') or value.get('skipped')}")
@@ -670,18 +738,21 @@ def main() -> None:
     parser.add_argument("--carry", default=str(ROOT / ".gpu_probe"), help="made by benchmarks/make_probe_files.py")
     parser.add_argument("--budget", type=float, default=460, help="seconds for all parts together")
     parser.add_argument("--cpu-smoke", action="store_true", help="tiny sizes on the CPU: checks that every part runs")
+    every = {**PARTS, **OPTIONAL_PARTS}
     parser.add_argument(
-        "--parts", default=",".join(PARTS), help=f"comma-separated, in this order: {','.join(PARTS)} (default: all)"
+        "--parts",
+        default=",".join(PARTS),
+        help=f"comma-separated, run in this order: {','.join(every)} (default: all but {','.join(OPTIONAL_PARTS)})",
     )
     args = parser.parse_args()
     chosen = args.parts.split(",")
-    if unknown := sorted(set(chosen) - set(PARTS)):
-        parser.error(f"--parts: no part {unknown[0]!r}; choose from {', '.join(PARTS)}")
+    if unknown := sorted(set(chosen) - set(every)):
+        parser.error(f"--parts: no part {unknown[0]!r}; choose from {', '.join(every)}")
     probe = Probe(args)
     if probe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True
     # In order of what the targets need most: a part that does not fit in what is left is skipped.
-    for name, needs_s in PARTS.items():
+    for name, needs_s in every.items():
         if name in chosen:
             probe.part(name, needs_s, getattr(probe, name))
     print(summary(probe.results), flush=True)

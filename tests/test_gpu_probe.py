@@ -8,19 +8,27 @@ import subprocess
 import sys
 from pathlib import Path
 
+from nst_ff.export import load_model
 from nst_ff.paths import PROJECT_ROOT
 
 
 def test_every_part_of_the_probe_runs(tmp_path: Path) -> None:
     out = tmp_path / "out"
+    parts = ("inference", "train_runs", "infer_folder", "training_steps", "loader", "video", "retrain")
     command = [sys.executable, "benchmarks/gpu_probe.py", "--cpu-smoke", "--out", str(out), "--work", str(tmp_path)]
+    command += ["--parts", ",".join(parts)]
     result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     results = json.loads((out / "gpu_probe.json").read_text())
-    parts = ("inference", "train_runs", "infer_folder", "training_steps", "loader", "video")
     for part in parts:
         assert "error" not in results[part] and "skipped" not in results[part], (part, results[part])
     runs = results["train_runs"]
     assert all(runs[name]["val_loss_final"] > 0 for name in ("gpu_fast (batch 16)", "batch 4"))
+    # The retrained style comes back fine-tuned for video from its own per-frame run, scored beside the shipped one.
+    [(style, retrained)] = results["retrain"]["styles"].items()
+    assert set(retrained["val_loss"]) == {"per-frame", "stable", "shipped"}, retrained
+    metadata = load_model(out / f"{style}.safetensors")[1]
+    assert metadata["style"] == style and metadata["temporal_weight"] > 0
+    assert f"model.init_from={tmp_path / 'retrain' / style / 'per_frame'}" in metadata["command"]
     assert results["inference"]["kernels_1024"]["nst-ff compiled"][0]["share"] > 0
     assert "# GPU probe" in result.stdout  # the tables, printed last
