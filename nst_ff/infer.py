@@ -96,8 +96,11 @@ OUTPUT_MARKER = ".nst-ff-output"
 
 
 def _is_output(path: Path, root: Path) -> bool:
-    """Whether ``path`` lies in an output folder (a marked one under ``root``)."""
-    return any((folder / OUTPUT_MARKER).is_file() for folder in path.parents if folder.is_relative_to(root))
+    """Whether ``path`` lies in an output folder (a marked one below ``root``; ``root`` itself is the input the user
+    chose, e.g. an earlier output to stylise again)."""
+    return any(
+        (folder / OUTPUT_MARKER).is_file() for folder in path.parents if folder.is_relative_to(root) and folder != root
+    )
 
 
 def folder_target(folder: Path, output: Path | None, model_name: str) -> Path:
@@ -132,10 +135,14 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     for source in inputs:
         if source.is_dir():
             target = folder_target(source, output, model_name)
+            if target.resolve() == source.resolve():
+                raise UserError(f"{target}: is the input folder; choose another output so inputs are never overwritten")
+            # This run's output folder inside the input holds no inputs; one above the input holds them all.
+            inside = target.resolve().is_relative_to(source.resolve())
             pairs += [
                 (f, target / f.relative_to(source))
                 for f in find_images(source, MEDIA_EXTENSIONS)
-                if not f.resolve().is_relative_to(target.resolve()) and not _is_output(f, source)
+                if not (inside and f.resolve().is_relative_to(target.resolve())) and not _is_output(f, source)
             ]
         else:
             target = output or source.parent
