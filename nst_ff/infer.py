@@ -179,7 +179,15 @@ def run(cfg: dict) -> int:
             mark_output_folder(folder_target(source, output, model_path.stem))
     input_files = {source.resolve() for source, _ in pairs}
     failures, todo, kept = [], [], []
+    claimed: dict[Path, Path] = {}  # output -> the input it is written from
     for source, target in pairs:
+        first = claimed.get(target.resolve())
+        if first == source.resolve():  # one file given twice: stylised once
+            continue
+        if first is not None:  # files of one name from several inputs: the first keeps the output
+            failures.append(f"{target}: already the output of {first}; give {source} its own output (another run)")
+            continue
+        claimed[target.resolve()] = source.resolve()
         if target.resolve() in input_files:
             failures.append(f"{target}: is an input; choose another output so inputs are never overwritten")
         elif target.exists() and not cfg["overwrite"]:

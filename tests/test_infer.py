@@ -253,3 +253,16 @@ def test_output_folders_above_at_or_of_the_input(tmp_path: Path) -> None:
     assert plan([photos / "nested"], tmp_path, "tiny") == [(photos / "nested" / "coffee.jpg", tmp_path / "coffee.jpg")]
     with pytest.raises(UserError, match="is the input folder; choose another output"):
         plan([photos], photos, "tiny")
+
+
+def test_files_of_one_name_from_several_inputs_keep_the_first_output(model: Path, tmp_path: Path) -> None:
+    """Before: both were stylised into the one output file, the second over the first, and "2 image(s)" said."""
+    for folder, photo in (("a", "coffee.jpg"), ("b", "rocket.jpg")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(SAMPLES / photo, tmp_path / folder / "x.jpg")
+    out = tmp_path / "out"
+    a, b = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"
+    result = infer(f"model={model}", f"input=[{a},{b},{a}]", f"output={out}")
+    assert result.returncode == 1
+    assert f"already the output of {a}; give {b} its own output" in result.stderr
+    assert Image.open(out / "x_tiny.jpg").size == Image.open(a).size != Image.open(b).size
