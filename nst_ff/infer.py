@@ -123,13 +123,15 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     """(input, output) file pairs. A folder keeps its relative tree under the output folder; earlier output
     folders inside it, and this run's own output folder, are not inputs."""
     single_file = len(inputs) == 1 and inputs[0].is_file()
-    if single_file and (output is None or output.suffix.lower() in MEDIA_EXTENSIONS):
+    # An existing folder is one whatever its name ends with (photos.jpg/).
+    output_file = output is not None and output.suffix.lower() in MEDIA_EXTENSIONS and not output.is_dir()
+    if single_file and (output is None or output_file):
         source = inputs[0]
         if output is not None and is_video(source) != is_video(output):
             kind, extensions = ("a video", VIDEO_EXTENSIONS) if is_video(source) else ("an image", IMAGE_EXTENSIONS)
             raise UserError(f"{output}: the output of {source} must be {kind} file ({', '.join(extensions)})")
         return [(source, output or source.with_name(f"{source.stem}_{model_name}{source.suffix}"))]
-    if output is not None and output.suffix.lower() in MEDIA_EXTENSIONS:
+    if output_file:
         raise UserError(f"{output}: several inputs need an output folder, not a file name")
     pairs = []
     for source in inputs:

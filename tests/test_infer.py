@@ -266,3 +266,13 @@ def test_files_of_one_name_from_several_inputs_keep_the_first_output(model: Path
     assert result.returncode == 1
     assert f"already the output of {a}; give {b} its own output" in result.stderr
     assert Image.open(out / "x_tiny.jpg").size == Image.open(a).size != Image.open(b).size
+
+
+def test_an_existing_folder_named_like_a_file_is_an_output_folder(tmp_path: Path) -> None:
+    """Before: a single photo's output was the folder itself ("kept ... (exists)", nothing written; overwrite=true:
+    "cannot write"), and a folder's was refused as "not a file name"."""
+    folder = tmp_path / "styled.jpg"
+    folder.mkdir()
+    photo = SAMPLES / "coffee.jpg"
+    assert plan([photo], folder, "tiny") == [(photo, folder / "coffee_tiny.jpg")]
+    assert plan([SAMPLES], folder, "tiny")[0] == (SAMPLES / "astronaut.jpg", folder / "astronaut.jpg")
