@@ -200,6 +200,17 @@ def test_phone_rotation_is_kept(tmp_path: Path) -> None:
     assert (after["size"], after["frames"], after["rotations"]) == ((120, 160), FPS, {-90})
 
 
+@pytest.mark.parametrize("name", ["out.gif", "out.avi"])
+def test_phone_rotation_turns_the_frames_where_the_file_cannot_record_it(tmp_path: Path, name: str) -> None:
+    """Before: GIF and AVI outputs of a phone's portrait clip played sideways."""
+    source = tmp_path / "portrait.mp4"
+    make_clip(source, seconds=1, audio=False, rotation=-90)  # shown turned a quarter clockwise
+    stylize_video(source, tmp_path / name, identity, audio=False, progress=False)
+    before, after = describe(source), describe(tmp_path / name)
+    assert (after["size"], after["frames"], after["rotations"]) == ((160, 120), FPS, {0})
+    assert psnr(after["pixels"], np.rot90(before["pixels"], -1, axes=(1, 2))) > 30
+
+
 def test_a_folder_run_stylises_videos_as_videos_beside_photos(model: Path, clip: Path, tmp_path: Path) -> None:  # noqa: F811
     folder = tmp_path / "holiday"
     (folder / "day2").mkdir(parents=True)
