@@ -28,7 +28,7 @@ from nst_ff.images import (
     to_uint8,
     write_picture,
 )
-from nst_ff.media import VIDEO_EXTENSIONS, is_video
+from nst_ff.media import READ_ONLY_VIDEO_EXTENSIONS, VIDEO_EXTENSIONS, is_video, output_suffix
 from nst_ff.paths import models_dir
 from nst_ff.pipeline import Writer, batched, read_ahead
 from nst_ff.stylize import Stylizer
@@ -37,7 +37,7 @@ from nst_ff.stylize import Stylizer
 # full 322 GFLOP ~0.4 s bf16, fast 47 GFLOP ~0.1 s; benchmarks/bench_cpu.py).
 FAST_GFLOP = 100
 # Videos are stylised as videos, beside photos in folder runs.
-MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS + READ_ONLY_VIDEO_EXTENSIONS
 
 
 def gflop_per_megapixel(net: torch.nn.Module, size: int = 64) -> float:
@@ -130,7 +130,7 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
         if output is not None and is_video(source) != is_video(output):
             kind, extensions = ("a video", VIDEO_EXTENSIONS) if is_video(source) else ("an image", IMAGE_EXTENSIONS)
             raise UserError(f"{output}: the output of {source} must be {kind} file ({', '.join(extensions)})")
-        return [(source, output or source.with_name(f"{source.stem}_{model_name}{source.suffix}"))]
+        return [(source, output or source.with_name(f"{source.stem}_{model_name}{output_suffix(source)}"))]
     if output_file:
         raise UserError(f"{output}: several inputs need an output folder, not a file name")
     pairs = []
@@ -142,13 +142,13 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
             # This run's output folder inside the input holds no inputs; one above the input holds them all.
             inside = target.resolve().is_relative_to(source.resolve())
             pairs += [
-                (f, target / f.relative_to(source))
+                (f, (target / f.relative_to(source)).with_suffix(output_suffix(f)))
                 for f in find_images(source, MEDIA_EXTENSIONS)
                 if not (inside and f.resolve().is_relative_to(target.resolve())) and not _is_output(f, source)
             ]
         else:
             target = output or source.parent
-            pairs.append((source, target / f"{source.stem}_{model_name}{source.suffix}"))
+            pairs.append((source, target / f"{source.stem}_{model_name}{output_suffix(source)}"))
     return pairs
 
 

@@ -215,14 +215,15 @@ def test_a_folder_run_stylises_videos_as_videos_beside_photos(model: Path, clip:
     folder = tmp_path / "holiday"
     (folder / "day2").mkdir(parents=True)
     shutil.copy(clip, folder / "day2" / "clip.mp4")
+    shutil.copy(clip, folder / "CAMERA.MTS")  # a type FFmpeg reads and the output is not (before: refused as images)
     shutil.copy(SAMPLES / "coffee.jpg", folder / "coffee.jpg")
     (folder / "broken.mov").write_bytes(b"not a video")
     result = infer(f"model={model}", f"input={folder}")
     out = tmp_path / "holiday_tiny"
     assert result.returncode == 1 and "broken.mov: not a readable video" in result.stderr
-    assert "1 of 3 file(s) failed" in result.stderr and "Traceback" not in result.stderr
+    assert "1 of 4 file(s) failed" in result.stderr and "Traceback" not in result.stderr
     assert (out / "coffee.jpg").is_file() and not (out / "broken.mov").exists()
-    assert describe(out / "day2" / "clip.mp4")["frames"] == 2 * FPS
+    assert describe(out / "day2" / "clip.mp4")["frames"] == describe(out / "CAMERA.mp4")["frames"] == 2 * FPS
 
 
 def test_photo_jobs_and_option_checks_do_not_import_pyav() -> None:
