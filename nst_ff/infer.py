@@ -28,7 +28,7 @@ from nst_ff.images import (
     to_uint8,
     write_picture,
 )
-from nst_ff.media import VIDEO_EXTENSIONS, is_video
+from nst_ff.media import READ_ONLY_VIDEO_EXTENSIONS, VIDEO_EXTENSIONS, is_video, output_suffix
 from nst_ff.paths import models_dir
 from nst_ff.pipeline import Writer, batched, read_ahead
 from nst_ff.stylize import Stylizer
@@ -37,7 +37,7 @@ from nst_ff.stylize import Stylizer
 # full 322 GFLOP ~0.4 s bf16, fast 47 GFLOP ~0.1 s; benchmarks/bench_cpu.py).
 FAST_GFLOP = 100
 # Videos are stylised as videos, beside photos in folder runs.
-MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
+MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS + READ_ONLY_VIDEO_EXTENSIONS
 
 
 def gflop_per_megapixel(net: torch.nn.Module, size: int = 64) -> float:
@@ -96,8 +96,11 @@ OUTPUT_MARKER = ".nst-ff-output"
 
 
 def _is_output(path: Path, root: Path) -> bool:
-    """Whether ``path`` lies in an output folder (a marked one under ``root``)."""
-    return any((folder / OUTPUT_MARKER).is_file() for folder in path.parents if folder.is_relative_to(root))
+    """Whether ``path`` lies in an output folder (a marked one below ``root``; ``root`` itself is the input the user
+    chose, e.g. an earlier output to stylise again)."""
+    return any(
+        (folder / OUTPUT_MARKER).is_file() for folder in path.parents if folder.is_relative_to(root) and folder != root
+    )
 
 
 def folder_target(folder: Path, output: Path | None, model_name: str) -> Path:
@@ -120,26 +123,32 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     """(input, output) file pairs. A folder keeps its relative tree under the output folder; earlier output
     folders inside it, and this run's own output folder, are not inputs."""
     single_file = len(inputs) == 1 and inputs[0].is_file()
-    if single_file and (output is None or output.suffix.lower() in MEDIA_EXTENSIONS):
+    # An existing folder is one whatever its name ends with (photos.jpg/).
+    output_file = output is not None and output.suffix.lower() in MEDIA_EXTENSIONS and not output.is_dir()
+    if single_file and (output is None or output_file):
         source = inputs[0]
         if output is not None and is_video(source) != is_video(output):
             kind, extensions = ("a video", VIDEO_EXTENSIONS) if is_video(source) else ("an image", IMAGE_EXTENSIONS)
             raise UserError(f"{output}: the output of {source} must be {kind} file ({', '.join(extensions)})")
-        return [(source, output or source.with_name(f"{source.stem}_{model_name}{source.suffix}"))]
-    if output is not None and output.suffix.lower() in MEDIA_EXTENSIONS:
+        return [(source, output or source.with_name(f"{source.stem}_{model_name}{output_suffix(source)}"))]
+    if output_file:
         raise UserError(f"{output}: several inputs need an output folder, not a file name")
     pairs = []
     for source in inputs:
         if source.is_dir():
             target = folder_target(source, output, model_name)
+            if target.resolve() == source.resolve():
+                raise UserError(f"{target}: is the input folder; choose another output so inputs are never overwritten")
+            # This run's output folder inside the input holds no inputs; one above the input holds them all.
+            inside = target.resolve().is_relative_to(source.resolve())
             pairs += [
-                (f, target / f.relative_to(source))
+                (f, (target / f.relative_to(source)).with_suffix(output_suffix(f)))
                 for f in find_images(source, MEDIA_EXTENSIONS)
-                if not f.resolve().is_relative_to(target.resolve()) and not _is_output(f, source)
+                if not (inside and f.resolve().is_relative_to(target.resolve())) and not _is_output(f, source)
             ]
         else:
             target = output or source.parent
-            pairs.append((source, target / f"{source.stem}_{model_name}{source.suffix}"))
+            pairs.append((source, target / f"{source.stem}_{model_name}{output_suffix(source)}"))
     return pairs
 
 
@@ -172,7 +181,15 @@ def run(cfg: dict) -> int:
             mark_output_folder(folder_target(source, output, model_path.stem))
     input_files = {source.resolve() for source, _ in pairs}
     failures, todo, kept = [], [], []
+    claimed: dict[Path, Path] = {}  # output -> the input it is written from
     for source, target in pairs:
+        first = claimed.get(target.resolve())
+        if first == source.resolve():  # one file given twice: stylised once
+            continue
+        if first is not None:  # files of one name from several inputs: the first keeps the output
+            failures.append(f"{target}: already the output of {first}; give {source} its own output (another run)")
+            continue
+        claimed[target.resolve()] = source.resolve()
         if target.resolve() in input_files:
             failures.append(f"{target}: is an input; choose another output so inputs are never overwritten")
         elif target.exists() and not cfg["overwrite"]:

@@ -6,8 +6,17 @@ from __future__ import annotations
 from pathlib import Path
 
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
+# Videos FFmpeg reads that are written as .mp4: iTunes and phones (.m4v, .3gp), camcorders (.mts, .m2ts), Windows,
+# Flash, MPEG and Ogg files.
+READ_ONLY_VIDEO_EXTENSIONS = (".m4v", ".3gp", ".mts", ".m2ts", ".wmv", ".flv", ".mpg", ".mpeg", ".ogv")
 X264_PRESETS = ("ultrafast", "superfast", "veryfast", "faster", "fast", "medium", "slow", "slower", "veryslow")
 
 
 def is_video(path: str | Path) -> bool:
-    return Path(path).suffix.lower() in VIDEO_EXTENSIONS
+    return Path(path).suffix.lower() in VIDEO_EXTENSIONS + READ_ONLY_VIDEO_EXTENSIONS
+
+
+def output_suffix(path: str | Path) -> str:
+    """The extension of ``path``'s stylised copy: its own, or .mp4 for a video type that is only read."""
+    suffix = Path(path).suffix
+    return ".mp4" if suffix.lower() in READ_ONLY_VIDEO_EXTENSIONS else suffix

@@ -163,9 +163,14 @@ class _Encoder:
         self.output = av.open(file, "w", format=container_format)
         width, height = source_stream.codec_context.width, source_stream.codec_context.height
         self.stream = self.output.add_stream(codec, rate=_frame_rate(source_stream))
+        # Phone videos: stored sideways, shown upright. GIF and AVI cannot say how to show them: their frames are
+        # turned upright instead (quarter turns counter-clockwise, as np.rot90 counts them).
+        self.turns = round(rotation / 90) % 4 if container_format in ("gif", "avi") else 0
+        if self.turns % 2:
+            width, height = height, width
         self.stream.width, self.stream.height = width, height
-        if rotation:
-            self.stream.set_display_rotation(rotation)  # phone videos: stored sideways, shown upright
+        if rotation and not self.turns:
+            self.stream.set_display_rotation(rotation)
         # Frames keep their timestamps, in the input's time base; AVI has no timestamps, only a frame rate.
         self.source_time_base = source_stream.time_base
         self.time_base = 1 / _frame_rate(source_stream) if container_format == "avi" else self.source_time_base
@@ -200,6 +205,7 @@ class _Encoder:
             raise VideoError(f"{target}: cannot write this video as {target.suffix} ({error}){advice}") from None
 
     def frame(self, rgb: np.ndarray) -> av.VideoFrame:
+        rgb = np.rot90(rgb, self.turns)
         if self.stream.pix_fmt == "pal8":
             return _gif_frame(rgb)
         frame = av.VideoFrame.from_ndarray(np.ascontiguousarray(rgb), format="rgb24")

@@ -13,7 +13,9 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
+from nst_ff.errors import UserError
 from nst_ff.export import ModelFileError, load_model, save_model
+from nst_ff.infer import mark_output_folder, plan
 from nst_ff.net import TransformerNet
 from nst_ff.paths import PROJECT_ROOT
 from tests.conftest import SAMPLES, interrupted
@@ -236,3 +238,41 @@ def test_malformed_model_metadata_is_one_line(model: Path, tmp_path: Path) -> No
         load_model(bad)
     result = infer(f"model={bad}", f"input={SAMPLES / 'coffee.jpg'}", f"output={tmp_path / 'o.jpg'}")
     assert result.returncode == 2 and "broken metadata" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_output_folders_above_at_or_of_the_input(tmp_path: Path) -> None:
+    """Before: "no images or videos found" for an earlier output folder given as the input (to stylise it again),
+    for an output folder above the input, and for the input folder itself as the output."""
+    photos = tmp_path / "photos"
+    (photos / "nested").mkdir(parents=True)
+    shutil.copy(SAMPLES / "coffee.jpg", photos / "nested" / "coffee.jpg")
+    mark_output_folder(photos)  # an earlier run's output folder
+    assert plan([photos], None, "tiny") == [
+        (photos / "nested" / "coffee.jpg", tmp_path / "photos_tiny" / "nested" / "coffee.jpg")
+    ]
+    assert plan([photos / "nested"], tmp_path, "tiny") == [(photos / "nested" / "coffee.jpg", tmp_path / "coffee.jpg")]
+    with pytest.raises(UserError, match="is the input folder; choose another output"):
+        plan([photos], photos, "tiny")
+
+
+def test_files_of_one_name_from_several_inputs_keep_the_first_output(model: Path, tmp_path: Path) -> None:
+    """Before: both were stylised into the one output file, the second over the first, and "2 image(s)" said."""
+    for folder, photo in (("a", "coffee.jpg"), ("b", "rocket.jpg")):
+        (tmp_path / folder).mkdir()
+        shutil.copy(SAMPLES / photo, tmp_path / folder / "x.jpg")
+    out = tmp_path / "out"
+    a, b = tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg"
+    result = infer(f"model={model}", f"input=[{a},{b},{a}]", f"output={out}")
+    assert result.returncode == 1
+    assert f"already the output of {a}; give {b} its own output" in result.stderr
+    assert Image.open(out / "x_tiny.jpg").size == Image.open(a).size != Image.open(b).size
+
+
+def test_an_existing_folder_named_like_a_file_is_an_output_folder(tmp_path: Path) -> None:
+    """Before: a single photo's output was the folder itself ("kept ... (exists)", nothing written; overwrite=true:
+    "cannot write"), and a folder's was refused as "not a file name"."""
+    folder = tmp_path / "styled.jpg"
+    folder.mkdir()
+    photo = SAMPLES / "coffee.jpg"
+    assert plan([photo], folder, "tiny") == [(photo, folder / "coffee_tiny.jpg")]
+    assert plan([SAMPLES], folder, "tiny")[0] == (SAMPLES / "astronaut.jpg", folder / "astronaut.jpg")

@@ -200,18 +200,30 @@ def test_phone_rotation_is_kept(tmp_path: Path) -> None:
     assert (after["size"], after["frames"], after["rotations"]) == ((120, 160), FPS, {-90})
 
 
+@pytest.mark.parametrize("name", ["out.gif", "out.avi"])
+def test_phone_rotation_turns_the_frames_where_the_file_cannot_record_it(tmp_path: Path, name: str) -> None:
+    """Before: GIF and AVI outputs of a phone's portrait clip played sideways."""
+    source = tmp_path / "portrait.mp4"
+    make_clip(source, seconds=1, audio=False, rotation=-90)  # shown turned a quarter clockwise
+    stylize_video(source, tmp_path / name, identity, audio=False, progress=False)
+    before, after = describe(source), describe(tmp_path / name)
+    assert (after["size"], after["frames"], after["rotations"]) == ((160, 120), FPS, {0})
+    assert psnr(after["pixels"], np.rot90(before["pixels"], -1, axes=(1, 2))) > 30
+
+
 def test_a_folder_run_stylises_videos_as_videos_beside_photos(model: Path, clip: Path, tmp_path: Path) -> None:  # noqa: F811
     folder = tmp_path / "holiday"
     (folder / "day2").mkdir(parents=True)
     shutil.copy(clip, folder / "day2" / "clip.mp4")
+    shutil.copy(clip, folder / "CAMERA.MTS")  # a type FFmpeg reads and the output is not (before: refused as images)
     shutil.copy(SAMPLES / "coffee.jpg", folder / "coffee.jpg")
     (folder / "broken.mov").write_bytes(b"not a video")
     result = infer(f"model={model}", f"input={folder}")
     out = tmp_path / "holiday_tiny"
     assert result.returncode == 1 and "broken.mov: not a readable video" in result.stderr
-    assert "1 of 3 file(s) failed" in result.stderr and "Traceback" not in result.stderr
+    assert "1 of 4 file(s) failed" in result.stderr and "Traceback" not in result.stderr
     assert (out / "coffee.jpg").is_file() and not (out / "broken.mov").exists()
-    assert describe(out / "day2" / "clip.mp4")["frames"] == 2 * FPS
+    assert describe(out / "day2" / "clip.mp4")["frames"] == describe(out / "CAMERA.mp4")["frames"] == 2 * FPS
 
 
 def test_photo_jobs_and_option_checks_do_not_import_pyav() -> None:
