@@ -110,6 +110,8 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         ("infer", ["video.crf=70"], "video.crf=70: 0 (lossless) to 51 (H.264) or 63 (VP9)"),
         ("infer", ["video.batch_size=0"], "video.batch_size=0: must be 1 or more frames"),
         ("infer", ["+video.fps=30"], "video.fps: no such option"),
+        # Before: "content=None: Incompatible value 'None' for field of type 'str'" (nst-optimize without content=).
+        ("optimize", ["content=null"], "content: required: the photo to stylise"),
         ("optimize", ["sizes=[]"], "sizes=[]: give at least one long-side size"),
         ("optimize", ["optimizer=sgd"], "optimizer=sgd: Invalid value 'sgd', expected one of [lbfgs, adam]"),
         ("optimize", ["steps=0"], "steps=0: must be 1 or more"),
