@@ -73,13 +73,16 @@ def compare_model(model: str, paths: list[Path], args: argparse.Namespace) -> di
         coarse_to_fine(loss, torch.rand(1, 3, 64, 64, device=device), style, [64], 1, "content", args.optimizer)
     out = Path(args.out) / model_path.stem
     rows = []
+    folder = Path(args.content) if Path(args.content).is_dir() else None
     for path in paths:
+        # Named by its place in the folder: photos of one name in two subfolders must not share a grid.
+        name = path.relative_to(folder) if folder else Path(path.name)
         content = load_image(path, args.size).to(device)
         start = time.perf_counter()
         feed_forward = stylizer(content)
         _synchronize(device)
         row: dict[str, Any] = {
-            "image": path.name,
+            "image": name.as_posix(),
             "size": f"{content.shape[-1]}x{content.shape[-2]}",
             "feed_forward_s": time.perf_counter() - start,
             "photo": scores(loss, content, content),
@@ -95,8 +98,8 @@ def compare_model(model: str, paths: list[Path], args: argparse.Namespace) -> di
             tiles.append(optimized)
         rows.append(row)
         grid = make_grid(torch.cat([*tiles, feed_forward]).cpu(), nrow=len(tiles) + 1)
-        write_picture(out / f"{path.stem}_grid.jpg", grid)
-        print(f"{model_path.stem} {path.name}: feed-forward {row['feed_forward_s']:.2f} s", end="")
+        write_picture(out / name.with_name(f"{name.stem}_grid.jpg"), grid)
+        print(f"{model_path.stem} {name.as_posix()}: feed-forward {row['feed_forward_s']:.2f} s", end="")
         print(f", optimization {row['optimization_s']:.1f} s" if args.steps else "")
     report = {
         "model": str(model_path),

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -175,7 +176,7 @@ def main(model: str, output: str | None = None, opset: int = OPSET, overwrite: b
     if path.suffix.lower() == ".onnx":
         raise UserError(f"model={model}: already an ONNX file; export a .safetensors or .ckpt model")
     target = Path(output or f"{path.stem}.onnx")
-    if target.is_dir():
+    if target.is_dir() or (output or "").endswith(("/", os.sep)):  # a folder, or one to make (output=exports/)
         target = target / f"{path.stem}.onnx"
     if target.suffix.lower() != ".onnx":
         raise UserError(f"output={target}: an ONNX file name must end in .onnx")

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from nst_ff.images import load_image
-from nst_ff.weights import VGG_BLOCKS, load_vgg_weights
+from nst_ff.weights import VGG_BLOCKS, WeightsError, load_vgg_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -68,8 +68,19 @@ class VGGEncoder(nn.Module):
         self.arch = arch
         self.names = names[:depth]
         self.features = _vgg_features(arch, depth)
-        state = load_vgg_weights(arch, weights, weights_path)
-        self.features.load_state_dict({k: v for k, v in state.items() if int(k.split(".")[0]) < depth})
+        wanted = self.features.state_dict()
+        state = {k: v for k, v in load_vgg_weights(arch, weights, weights_path).items() if k in wanted}
+        for key, value in wanted.items():  # a file of the other VGG, or of another network: one line, not torch's
+            if key not in state or state[key].shape != value.shape:
+                found = (
+                    f"shape {tuple(state[key].shape)} instead of {tuple(value.shape)}" if key in state else "missing"
+                )
+                raise WeightsError(
+                    f"{weights_path or weights}: not {arch} weights ({key}: {found}); this loss preset's network is "
+                    f"{arch} (loss=johnson2016: vgg16, loss=gatys2016: vgg19): give {arch} weights or the preset "
+                    "of the file's network"
+                )
+        self.features.load_state_dict(state)
         for conv in self.features:
             if isinstance(conv, nn.Conv2d):
                 # Frozen weights become non-persistent buffers: they always come from the weights source,

@@ -45,6 +45,22 @@ def test_feed_forward_only_quality_table(tmp_path: Path) -> None:
     assert "photo / feed-forward)" in result.stdout
 
 
+def test_photos_of_one_name_in_two_subfolders_each_get_their_row_and_grid(tmp_path: Path) -> None:
+    """Before: the grids were named by the file's name alone, so photos/b/x.jpg's grid replaced photos/a/x.jpg's,
+    and the report's two rows both read x.jpg."""
+    for folder, sample in (("a", "chelsea.jpg"), ("b", "coffee.jpg")):
+        (tmp_path / "photos" / folder).mkdir(parents=True)
+        (tmp_path / "photos" / folder / "x.jpg").write_bytes((SAMPLES / sample).read_bytes())
+    command = [sys.executable, "-m", "nst_ff.compare", "--content", str(tmp_path / "photos"), "--out"]
+    command += [str(tmp_path / "out"), "--model", "starry_night_fast", "--size", "32", "--steps", "0"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["models"][0]["rows"]
+    assert [row["image"] for row in rows] == ["a/x.jpg", "b/x.jpg"]
+    grids = tmp_path / "out" / "starry_night_fast"
+    assert (grids / "a" / "x_grid.jpg").is_file() and (grids / "b" / "x_grid.jpg").is_file()
+
+
 def test_bad_input_is_one_line(tmp_path: Path) -> None:
     for args in (["--model", "no_such_model"], ["--model", "starry_night", "--content", str(tmp_path / "none")]):
         result = run_compare(tmp_path / "out", *args, "--steps", "0")

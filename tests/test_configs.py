@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from omegaconf import OmegaConf
 
 from nst_ff.config import check_command_line, literal_values, style_path_overrides, task_overrides, validate
 from nst_ff.data import PhotoDataModule
@@ -109,6 +110,8 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         ("infer", ["video.crf=70"], "video.crf=70: 0 (lossless) to 51 (H.264) or 63 (VP9)"),
         ("infer", ["video.batch_size=0"], "video.batch_size=0: must be 1 or more frames"),
         ("infer", ["+video.fps=30"], "video.fps: no such option"),
+        # Before: "content=None: Incompatible value 'None' for field of type 'str'" (nst-optimize without content=).
+        ("optimize", ["content=null"], "content: required: the photo to stylise"),
         ("optimize", ["sizes=[]"], "sizes=[]: give at least one long-side size"),
         ("optimize", ["optimizer=sgd"], "optimizer=sgd: Invalid value 'sgd', expected one of [lbfgs, adam]"),
         ("optimize", ["steps=0"], "steps=0: must be 1 or more"),
@@ -264,3 +267,17 @@ def test_hydra_flags_and_their_values_are_not_taken_for_overrides() -> None:
     check_command_line(CONFIG_DIR, "train", ["--cfg", "job", f"data.root={SAMPLES}"])  # no error
     with pytest.raises(ConfigError, match="cannot read this option"):
         check_command_line(CONFIG_DIR, "train", ["--cfg", "job", "data.root"])
+
+
+def test_every_key_of_the_readme_config_reference_is_an_option_of_train() -> None:
+    """README "Config reference" lists the training options. Before: model.net.separable and model.net.end_kernel
+    were in the schema but not in conf/model/johnson.yaml, so the default model refused them ("no such option")."""
+    section = (PROJECT_ROOT / "README.md").read_text().split("## Config reference")[1].split("\n## ")[0]
+    rows = [line.split("|")[1:4] for line in section.splitlines() if line.startswith("| `")]
+    assert len(rows) > 30
+    for keys, _, meaning in rows:
+        fast = meaning.strip().startswith("`model=fast`")  # the light model's own options
+        overrides = [f"data.root={SAMPLES}", *(["model=fast", "teacher=starry_night"] if fast else [])]
+        cfg = check_command_line(CONFIG_DIR, "train", overrides)
+        for key in (key.strip("` ") for key in keys.split(",")):
+            assert OmegaConf.select(cfg, key, default=KeyError) is not KeyError, key

@@ -126,6 +126,10 @@ def test_main_exports_a_model_file_and_keeps_existing_outputs(tmp_path: Path, ca
     before = target.read_bytes()
     assert nst_onnx.main(str(model), str(target.parent)) == 0  # a folder: <name>.onnx inside it
     assert "kept" in capsys.readouterr().out and target.read_bytes() == before
+    # A folder still to be made, marked by its trailing slash as infer's output=styled/ (before: "an ONNX file name
+    # must end in .onnx").
+    assert nst_onnx.main(str(model), f"{tmp_path / 'exports'}/") == 0
+    assert (tmp_path / "exports" / "tiny.onnx").is_file()
 
 
 @needs_onnx

