@@ -2,13 +2,14 @@
 
 Instance norm normalises each feature map by its own mean and variance, so tiles run separately
 would each get their own statistics and disagree in colour and contrast. Here the statistics of
-every instance-norm layer are measured once on the whole image (downscaled to ``stats_size`` if it
+every instance-norm layer are measured once on the whole image (downscaled to ``stats_pixels`` if it
 is larger) and every tile is normalised with them; tiles overlap and are blended with linear ramps
 so that no seam is left where their receptive fields were cut.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
@@ -29,7 +30,7 @@ def shared_instance_norm(net: nn.Module, image: torch.Tensor, run: Callable[[tor
     norms = [m for m in net.modules() if isinstance(m, InstanceNorm)]
 
     def record(module: InstanceNorm, inputs: tuple[torch.Tensor], _: torch.Tensor) -> None:
-        module.shared_stats = module.statistics(inputs[0])
+        module.shared_stats = _statistics(inputs[0], module.eps)
 
     hooks = [m.register_forward_hook(record) for m in norms]
     try:
@@ -44,12 +45,28 @@ def shared_instance_norm(net: nn.Module, image: torch.Tensor, run: Callable[[tor
             module.shared_stats = None
 
 
-def _starts(length: int, tile: int, step: int) -> list[int]:
+def _statistics(x: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(variance, mean) per image and channel in float32, as (N, C, 1, 1), by the batch-norm kernel the norm's own
+    forward runs: it reads ``x`` once, where ``var_mean`` of a float32 copy of channels_last activations took 6x
+    as long and twice the memory (32 channels of 2048x2048 in bf16: 1.06 s and 513 MB against 0.17 s and 259 MB)."""
+    ones = torch.ones(x.shape[1], device=x.device)  # float32 weights: float32 statistics of bf16/fp16 activations
+    stats = [torch.native_batch_norm(image, ones, ones * 0, None, None, True, 0.0, eps)[1:] for image in x.split(1)]
+    mean = torch.stack([mean for mean, _ in stats])[..., None, None]
+    invstd = torch.stack([invstd for _, invstd in stats])[..., None, None]  # 1 / sqrt(variance + eps)
+    return invstd.pow(-2) - eps, mean
+
+
+def _spans(length: int, tile: int, overlap: int) -> list[tuple[int, int]]:
+    """(start, end) of the fewest tiles at most ``tile`` long that cover ``length`` with ``overlap``, all of one
+    length: 2101 px in 1024 px tiles are three of 744 px, not two of 1024 and a third that overlaps them by 908
+    (1.4-1.9x the pixels through the network). The last tile reaches the edge (up to 3 pixels more, as starts
+    are aligned)."""
     if length <= tile:
-        return [0]
-    starts = list(range(0, length - tile, step))
-    last = (length - tile) // _ALIGN * _ALIGN
-    return sorted({*starts, last})
+        return [(0, length)]
+    count = math.ceil((length - overlap) / (tile - overlap))
+    size = min(tile, -(-math.ceil((length + (count - 1) * overlap) / count) // _ALIGN) * _ALIGN)
+    starts = [(length - size) * i // (count - 1) // _ALIGN * _ALIGN for i in range(count)]
+    return [(start, start + size) for start in starts[:-1]] + [(starts[-1], length)]
 
 
 def _ramp(length: int, overlap: int, at_start: bool, at_end: bool) -> torch.Tensor:
@@ -68,23 +85,20 @@ def stylize_tiled(
     run: Callable[[torch.Tensor], torch.Tensor],
     tile: int = 1024,
     overlap: int = 64,
-    stats_size: int = 1024,
+    stats_pixels: int = 1024 * 1024,
 ) -> torch.Tensor:
-    """``run`` the network over (1, 3, H, W) ``image`` tile by tile; returns (1, 3, H, W) on the CPU."""
+    """``run`` the network over (1, 3, H, W) ``image`` tile by tile; returns (1, 3, H, W) on the CPU. The
+    statistics are measured on the image downscaled to ``stats_pixels`` if it has more."""
     tile = max(tile // _ALIGN * _ALIGN, 2 * _ALIGN)
     overlap = min(overlap // _ALIGN * _ALIGN, tile // 2)
     height, width = image.shape[-2:]
-    small = image if max(height, width) <= stats_size else resize(image, long_side_size(height, width, stats_size))
+    scale = math.sqrt(stats_pixels / (height * width))
+    small = image if scale >= 1 else resize(image, long_side_size(height, width, int(max(height, width) * scale)))
     output = torch.zeros(1, 3, height, width)
     total = torch.zeros(1, 1, height, width)
-    step = tile - overlap
-    rows, columns = _starts(height, tile, step), _starts(width, tile, step)
     with shared_instance_norm(net, small, run):
-        for top in rows:
-            # The last tile reaches the edge (up to 3 pixels more than ``tile``, as starts are aligned).
-            bottom = height if top == rows[-1] else top + tile
-            for left in columns:
-                right = width if left == columns[-1] else left + tile
+        for top, bottom in _spans(height, tile, overlap):
+            for left, right in _spans(width, tile, overlap):
                 out = run(image[..., top:bottom, left:right]).float().cpu()
                 weight = (
                     _ramp(bottom - top, overlap, top == 0, bottom == height)[:, None]
