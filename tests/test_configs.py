@@ -172,8 +172,12 @@ def test_wrong_values_name_the_key_the_value_and_what_is_allowed(
     ("overrides", "message"),
     [
         (["data.batch_sze=3"], "data.batch_sze=3: no such option; options in data: _target_, root, image_size"),
-        (["style=nope"], "style=nope: no such style option; choose one of composition_vii, great_wave"),
+        (["style=nope"], "style=nope: no such style option or image file; choose one of composition_vii, great_wave"),
         (["experiment=fast"], "experiment=fast: no such experiment option; choose one of cpu_small_data"),
+        # A painting's path that is not there: the group's name was cut at the path's last slash (style//tmp=x.jpg).
+        (["style=/no/such/x.jpg"], "style=/no/such/x.jpg: no such style option or image file; choose one of"),
+        (["style=/no/such/"], "style=/no/such/: no such style option or image file; choose one of"),
+        (["model=/no/net"], "model=/no/net: no such model option; choose one of fast, johnson"),
         (["data.batch_size=[1"], "data.batch_size=[1: cannot read this option"),
     ],
 )
