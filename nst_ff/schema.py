@@ -344,7 +344,7 @@ class InferConfig:
 
 @dataclass
 class OptimizeConfig:
-    content: str = ""
+    content: str | None = None
     output: str | None = None
     overwrite: bool = False
     optimizer: Optimizer = Optimizer.lbfgs  # type: ignore[attr-defined]

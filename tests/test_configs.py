@@ -194,6 +194,8 @@ def test_hydra_composition_errors_become_one_line(overrides: list[str], message:
         ("infer.py", ["device=gpu", "model=starry_night", "input=x.jpg"], "device=gpu: choose auto, cpu"),
         ("infer.py", ["modle=starry_night"], "modle=starry_night: no such option; options: model, input"),
         ("optimize.py", ["sizes=[]", "content=x.jpg"], "sizes=[]: give at least one long-side size"),
+        # Before: "content=None: Incompatible value 'None' for field of type 'str'".
+        ("optimize.py", ["output=x.jpg"], "content: required: the photo to stylise"),
         ("train.py", ["seed=-1", "experiment=smoke"], "seed=-1: must be between 0 and 4294967295"),
         ("train.py", ["+trainer.max_step=3", "experiment=smoke"], "trainer.max_step: no such Lightning Trainer"),
         # Before: Hydra's three-line advice and its stack trace hint.
