@@ -15,6 +15,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from nst_ff.config import validate
 from nst_ff.export import ModelFileError, load_model
@@ -89,6 +90,12 @@ def test_training_lowers_the_loss_and_logs_to_tensorboard(tmp_path: Path) -> Non
         "val/loss",
     } <= set(tags["scalars"])
     assert (tmp_path / "tensorboard" / "hparams.yaml").is_file()
+    # TensorBoard's HPARAMS tab: the whole config beside the run's validation loss (it was empty: no summary was
+    # written, and Lightning's own one would hold the model's arguments only).
+    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = HParamsPluginData.FromString(start).session_start_info.hparams
+    assert {"data/root", "model/lr", "loss/style_weight", "trainer/max_steps"} <= set(hparams)
+    assert scalars(tmp_path, "hp_metric")[-1] == scalars(tmp_path, "val/loss")[-1]
 
 
 def test_step_checkpoints_when_every_step_ends_an_epoch(tmp_path: Path) -> None:
