@@ -219,7 +219,17 @@ def test_entry_points_print_one_line_and_exit_2(tmp_path: Path, script: str, arg
 @pytest.mark.parametrize(
     ("script", "flag", "documented"),
     [
-        ("train.py", "--help", ["root: ???                # e.g.", "style=starry_night (one of composition_vii,"]),
+        # trainer=auto's own file only names trainer/cpu.yaml, where max_steps and the other defaults are.
+        (
+            "train.py",
+            "--help",
+            [
+                "root: ???                # e.g.",
+                "style=starry_night (one of composition_vii,",
+                "max_steps: 40000",
+                "val_check_interval: 250         # steps between",
+            ],
+        ),
         ("infer.py", "-h", ["strength: 1.0           # 0..1", "preset: medium        # H.264 encoder speed"]),
         ("optimize.py", "--help", ["steps: 200               # per stage", "loss=gatys2016 (one of gatys2016,"]),
     ],
