@@ -59,3 +59,23 @@ def test_help_shows_the_defaults_and_a_wrong_device_is_one_line(tmp_path: Path) 
         assert default in " ".join(result.stdout.split()), default
     wrong = run_compare(tmp_path, "--model", "starry_night", "--steps", "0", "--device", "gpu")
     assert wrong.returncode == 2 and wrong.stderr.startswith("error: device=gpu: unknown device")
+
+
+def test_a_broken_photo_is_skipped_not_the_comparison(tmp_path: Path) -> None:
+    """One file that does not decode stopped the whole comparison (hours with the optimization) without a report."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a_broken.jpg").write_bytes(b"not a jpeg")
+    Image.open(SAMPLES / "chelsea.jpg").save(photos / "b_chelsea.jpg")
+    command = [sys.executable, "-m", "nst_ff.compare", "--content", str(photos), "--out", str(tmp_path / "out")]
+    result = subprocess.run(
+        [*command, "--model", "starry_night", "--size", "48", "--steps", "0", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped" in result.stderr and "a_broken.jpg" in result.stderr
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["models"][0]["rows"]
+    assert [row["image"] for row in rows] == ["b_chelsea.jpg"]
