@@ -177,6 +177,9 @@ def readable_photos(paths: list[Path], size: int) -> list[Path]:
 
 
 def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
+    for option, value, least in (("--size", args.size, 16), ("--steps", args.steps, 0), ("--limit", args.limit, 0)):
+        if value < least:
+            raise UserError(f"{option} {value}: must be {least} or more")
     content = Path(args.content)
     paths = find_images(content) if content.is_dir() else [content]
     paths = paths[: args.limit or None]

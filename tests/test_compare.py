@@ -46,8 +46,15 @@ def test_feed_forward_only_quality_table(tmp_path: Path) -> None:
 
 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:
-    for args in (["--model", "no_such_model"], ["--model", "starry_night", "--content", str(tmp_path / "none")]):
-        result = run_compare(tmp_path / "out", *args, "--steps", "0")
+    for args in (
+        ["--model", "no_such_model", "--steps", "0"],
+        ["--model", "starry_night", "--steps", "0", "--content", str(tmp_path / "none")],
+        # These ran: --size 0 at the photos' full size, --steps -1 reported the photo as the optimization's result.
+        ["--model", "starry_night", "--steps", "0", "--size", "0"],
+        ["--model", "starry_night", "--steps", "-1"],
+        ["--model", "starry_night", "--steps", "0", "--limit", "-2"],
+    ):
+        result = run_compare(tmp_path / "out", *args)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
 
