@@ -52,14 +52,24 @@ def _help(config_dir: Path, config_name: str, summary: str) -> bool:
         if chosen is None:
             lines += ["", f"{group}=: none by default; one of {choices}"]
             continue
-        lines += ["", f"{group}={chosen} (one of {choices}); its options are {group}.KEY=VALUE:", ""]
-        lines.append(textwrap.indent((config_dir / group / f"{chosen}.yaml").read_text().rstrip(), "    "))
+        lines += ["", f"{group}={chosen} (one of {choices}); its options are {group}.KEY=VALUE:"]
+        for path in _option_files(config_dir / group, chosen):
+            lines += ["", f"    {group}/{path.name}:", textwrap.indent(path.read_text().rstrip(), "    ")]
     lines += ["", "--cfg job [key=value ...]: the whole config these options compose; --hydra-help: Hydra's flags"]
     try:
         print("\n".join(lines), flush=True)
     except BrokenPipeError:  # read through a pipe that closed early (--help | head): nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail too
     return True
+
+
+def _option_files(group_dir: Path, option: str) -> list[Path]:
+    """A group option's file after the ones of its group that its own defaults list builds on (trainer/auto.yaml
+    names trainer/cpu.yaml, which holds max_steps and the rest): help printed only the option's own file."""
+    path = group_dir / f"{option}.yaml"
+    defaults = OmegaConf.to_container(OmegaConf.load(path)).get("defaults", [])
+    bases = [entry for entry in defaults if isinstance(entry, str) and entry != "_self_"]
+    return [base for entry in bases for base in _option_files(group_dir, entry)] + [path]
 
 
 def _check_command_line(config_dir: Path, config_name: str, style_paths: bool = False) -> DictConfig | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ from nst_ff.device import resolve_device
 from nst_ff.errors import UserError, exit_on_user_error
 from nst_ff.export import load_model, resolve_model
 from nst_ff.files import file_sha256
-from nst_ff.images import find_images, load_image, resize, write_picture
+from nst_ff.images import ImageError, find_images, load_image, resize, write_picture
 from nst_ff.optimize import coarse_to_fine
 from nst_ff.paths import STYLES_DIR
 from nst_ff.perceptual import PerceptualLoss
@@ -165,12 +166,31 @@ def markdown(reports: list[dict[str, Any]], size: int) -> str:
     return "\n".join(lines) + "\n"
 
 
+def readable_photos(paths: list[Path], size: int) -> list[Path]:
+    """The photos that decode: each one that does not is named on stderr and left out, so that one broken file
+    does not stop the comparison of the others (hours with the optimization) before its report."""
+    readable = []
+    for path in paths:
+        try:
+            load_image(path, size)
+            readable.append(path)
+        except ImageError as error:
+            print(f"skipped {error}", file=sys.stderr)
+    return readable
+
+
 def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
+    for option, value, least in (("--size", args.size, 16), ("--steps", args.steps, 0), ("--limit", args.limit, 0)):
+        if value < least:
+            raise UserError(f"{option} {value}: must be {least} or more")
     content = Path(args.content)
     paths = find_images(content) if content.is_dir() else [content]
     paths = paths[: args.limit or None]
     if not paths or not paths[0].is_file():
         raise UserError(f"{content}: no photos found; pass a photo or a folder of photos to --content")
+    paths = readable_photos(paths, args.size)
+    if not paths:
+        raise UserError(f"{content}: no readable photos; pass a photo or a folder of photos to --content")
     reports = [compare_model(model, paths, args) for model in args.model]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

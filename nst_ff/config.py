@@ -56,12 +56,18 @@ def _hydra_message(error: Exception, config_dir: Path, config_name: str, overrid
     from hydra import compose, initialize_config_dir
 
     text = str(error)
-    missing = re.search(r"Could not find '([^']+)/([^'/]+)'", text)
+    missing = re.search(r"Could not find '([^']+)'", text)
     if missing:
-        group, option = missing.groups()
+        group, _, option = missing.group(1).rpartition("/")
+        for override in overrides:  # the group is the override's key: its option may hold slashes (a file's path)
+            key, _, value = override.lstrip("+~").partition("=")
+            value = value.strip("'\"")  # quoted by literal_values
+            if f"{key}/{value}" == missing.group(1):
+                group, option = key, value
         available = re.search(r"Available options in '[^']+':\n((?:\t.*\n?)+)", text)
         names = ", ".join(available.group(1).split()) if available else f"see conf/{group}"
-        return f"{group}={option}: no such {group} option; choose one of {names}"
+        what = f"{group} option or image file" if group == "style" else f"{group} option"
+        return f"{group}={option}: no such {what}; choose one of {names}"
     cause = error.__cause__
     full_key = getattr(cause, "full_key", None)
     if not isinstance(cause, OmegaConfBaseException) or not full_key:

@@ -36,9 +36,10 @@ def is_decodable(path: Path) -> bool:
 
 
 def usable_images(files: list[Path], verify: bool = True) -> list[Path]:
-    """Drop files that do not decode, with one warning counting them."""
+    """Drop files that do not decode, with one warning counting them. Unverified, files are taken as they are once
+    one of them decodes (usually the first): a folder where none does still stops the run at the start."""
     if not verify:
-        return files
+        return files if any(is_decodable(path) for path in files) else []
     with ThreadPoolExecutor(max_workers=4) as pool:
         ok = list(pool.map(is_decodable, files))
     bad = [path for path, good in zip(files, ok, strict=True) if not good]

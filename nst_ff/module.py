@@ -98,7 +98,9 @@ class StyleTransferModule(pl.LightningModule):
         super().__init__()
         if scheduler not in SCHEDULERS:
             raise ValueError(f"unknown scheduler {scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
-        self.save_hyperparameters()
+        # Not logged by Lightning: train.py logs the whole config, which holds these (Lightning added them to
+        # hparams.yaml a second time, at its top level).
+        self.save_hyperparameters(logger=False)
         self.net = TransformerNet(**net)
         if init_from:
             self.net.load_state_dict(load_initial_weights(init_from, self.net.config))
@@ -232,6 +234,7 @@ class StyleTransferModule(pl.LightningModule):
         if self.hparams.temporal_weight:  # the same motions at every validation
             logged["temporal"] = self.temporal_term(batch, output, seed=batch_idx)
         self.log_dict({f"val/{key}": value for key, value in logged.items()}, sync_dist=True)
+        self.log("hp_metric", logged["loss"], sync_dist=True)  # beside the config in TensorBoard's HPARAMS tab
         self._val_outputs.append(output.float().cpu())
 
     def on_validation_epoch_end(self) -> None:

@@ -87,6 +87,8 @@ class StyleConfig:
     image: str | None = None  # None only where the style comes from elsewhere (distillation: the teacher's)
 
     def validate(self) -> None:
+        file_name = self.name not in ("", ".", "..") and not set(self.name) & {"/", "\\"}
+        require(file_name, "style.name", self.name, "must be a file name: it names the run folder and the model file")
         exists = self.image is None or Path(self.image).is_file()
         require(exists, "style.image", self.image, "no such file; give the painting's image file")
 

@@ -34,12 +34,16 @@ class _DropAdvertising(logging.Filter):
 def quiet_lightning() -> None:
     """Keep Lightning's output to what concerns this run: no product tips, no warnings about things that are
     on purpose here (the frozen VGG in eval mode, the summary's size estimate under bf16, trainer=ddp's
-    ``broadcast_buffers=False``, which torch 2.14 deprecates but torch before it needs) or inside Lightning."""
+    ``broadcast_buffers=False``, which torch 2.14 deprecates but torch before it needs, a resume's new run
+    folder) or inside Lightning."""
     logging.getLogger("pytorch_lightning.utilities.rank_zero").addFilter(_DropAdvertising())
     warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode")
     warnings.filterwarnings("ignore", message=r".*is not supported by the model summary")
     warnings.filterwarnings("ignore", message=r".*LeafSpec.*is deprecated")
     warnings.filterwarnings("ignore", message=r"`broadcast_buffers` is deprecated")
+    # A resumed run writes into a new folder, so Lightning says that its checkpoint callback's records of the old
+    # folder's files are not reloaded: they list those files only, and nothing of the run is lost.
+    warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
     # Logging counts steps across epochs, so a folder of a few photos (one batch an epoch) still logs every N steps.
     warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
 

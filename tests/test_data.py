@@ -56,6 +56,11 @@ def test_no_usable_image_fails_at_start(tmp_path: Path) -> None:
         module.setup("fit")
     with pytest.raises(ImageError, match="no such folder"):
         PhotoDataModule(root=str(tmp_path / "missing"), val_root=str(tmp_path)).setup("fit")
+    # verify=false skips the check of every file, not the one that some file decodes: without it, the first
+    # training step raised "RuntimeError: no training image could be read" from the loader, a traceback.
+    unverified = PhotoDataModule(root=str(tmp_path), val_root=str(tmp_path), batch_size=1, verify=False)
+    with pytest.raises(ImageError, match="0 usable image"):
+        unverified.setup("fit")
 
 
 def test_crops_are_sized_in_range_and_fixed_by_the_seed(sample_photos: list[Path]) -> None:

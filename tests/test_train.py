@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from nst_ff.config import validate
 from nst_ff.export import ModelFileError, load_model
@@ -89,6 +91,12 @@ def test_training_lowers_the_loss_and_logs_to_tensorboard(tmp_path: Path) -> Non
         "val/loss",
     } <= set(tags["scalars"])
     assert (tmp_path / "tensorboard" / "hparams.yaml").is_file()
+    # TensorBoard's HPARAMS tab: the whole config beside the run's validation loss (it was empty: no summary was
+    # written, and Lightning's own one would hold the model's arguments only).
+    start = events.PluginTagToContent("hparams")["_hparams_/session_start_info"]
+    hparams = HParamsPluginData.FromString(start).session_start_info.hparams
+    assert {"data/root", "model/lr", "loss/style_weight", "trainer/max_steps"} <= set(hparams)
+    assert scalars(tmp_path, "hp_metric")[-1] == scalars(tmp_path, "val/loss")[-1]
 
 
 def test_step_checkpoints_when_every_step_ends_an_epoch(tmp_path: Path) -> None:
@@ -157,13 +165,17 @@ def test_resume_continues_exactly(six_steps: Path, tmp_path: Path) -> None:
     """3 steps + resume to 6 gives the same weights as 6 uninterrupted steps: same global step,
     optimizer state, running gradient norm (clipping) and data position (the sampler crosses an epoch
     boundary on the way)."""
-    exported = run_training(
-        tmp_path,
-        *SCHEDULE,
-        "trainer.max_steps=6",
-        "checkpoint.every_n_steps=3",
-        f"ckpt_path={six_steps / 'checkpoints' / 'step0000003.ckpt'}",
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        exported = run_training(
+            tmp_path,
+            *SCHEDULE,
+            "trainer.max_steps=6",
+            "checkpoint.every_n_steps=3",
+            f"ckpt_path={six_steps / 'checkpoints' / 'step0000003.ckpt'}",
+        )
+    # Lightning's warning that the resumed run's folder is another one (it always is) read as if state were lost.
+    assert not [w for w in caught if "dirpath has changed" in str(w.message)]
     resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)
     assert resumed["global_step"] == 6
     steps = [step for step, _ in scalars(tmp_path, "train/loss")]
