@@ -8,6 +8,7 @@ plus an optional alpha channel.
 from __future__ import annotations
 
 import io
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,11 +29,21 @@ class ImageError(UserError, ValueError):
 
 
 def find_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
-    """Image files under ``root`` (recursive, extension matched in any case), sorted for reproducibility."""
+    """Image files under ``root`` (recursive, extension matched in any case), sorted for reproducibility.
+    Symlinked folders are followed (a dataset linked into a folder of photos; ``Path.rglob`` skips them before
+    Python 3.13), each real folder once, so that a link back up the tree is no endless loop."""
     root = Path(root)
     if not root.is_dir():
         raise ImageError(f"{root}: no such folder")
-    return sorted(p for p in root.rglob("*") if p.suffix.lower() in extensions and p.is_file())
+    found, seen = [], set()
+    for folder, subfolders, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders.clear()
+            continue
+        seen.add(real)
+        found += [Path(folder, name) for name in names if Path(name).suffix.lower() in extensions]
+    return sorted(path for path in found if path.is_file())
 
 
 @dataclass

@@ -33,6 +33,18 @@ def test_find_images_is_recursive_and_case_insensitive(messy_folder: Path) -> No
     assert names == {"one.JPG", "two.jpeg", "three.jpg", "four.Png", "truncated.jpg", "notes.jpg", "empty.webp"}
 
 
+def test_find_images_follows_symlinked_folders_once(tmp_path: Path, sample_photos: list[Path]) -> None:
+    dataset, root = tmp_path / "dataset", tmp_path / "photos"
+    (dataset / "sub").mkdir(parents=True)
+    root.mkdir()
+    shutil.copy(sample_photos[0], dataset / "sub" / "one.jpg")
+    shutil.copy(sample_photos[1], root / "two.jpg")
+    (root / "linked").symlink_to(dataset)  # a dataset linked into a folder of photos
+    (dataset / "sub" / "up").symlink_to(dataset)  # a link back up the tree: no endless walk
+    (root / "broken.jpg").symlink_to(tmp_path / "gone.jpg")
+    assert [p.relative_to(root).as_posix() for p in find_images(root)] == ["linked/sub/one.jpg", "two.jpg"]
+
+
 def test_broken_files_are_skipped_with_one_warning(messy_folder: Path) -> None:
     with pytest.warns(UserWarning, match="skipped 3 unreadable") as record:
         usable = usable_images(find_images(messy_folder))
