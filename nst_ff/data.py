@@ -210,6 +210,11 @@ class PhotoDataModule(pl.LightningDataModule):
         training step and would export an untrained network."""
         assert self.train_set is not None, "setup() finds the photos"
         count = len(self.train_set.files)
+        if count == 0:
+            raise ImageError(
+                f"{self.root}: no usable image (jpg/jpeg/png/webp/bmp, searched recursively); point data.root at a "
+                "folder of photos"
+            )
         if count < self.batch_size * processes:
             each = f" for each of {processes} processes" if processes > 1 else ""
             raise ImageError(
