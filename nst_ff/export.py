@@ -38,14 +38,17 @@ def save_model(path: str | Path, net: TransformerNet, metadata: dict[str, Any]) 
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
-    if path.suffix == ".ckpt":
+    if path.suffix.lower() == ".ckpt":
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             hparams = checkpoint["hyper_parameters"]
             state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
             return state, dict(hparams["net"]), {"checkpoint": str(path), "global_step": checkpoint["global_step"]}
         except Exception as error:
-            raise ModelFileError(f"{path}: not a readable nst-ff training checkpoint ({error})") from None
+            raise ModelFileError(
+                f"{path}: not a readable nst-ff training checkpoint ({error}); give a .ckpt from a train.py run's "
+                "checkpoints/ folder, or its exported .safetensors"
+            ) from None
     try:
         with safe_open(str(path), framework="pt") as file:
             header = file.metadata() or {}

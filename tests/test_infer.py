@@ -162,6 +162,15 @@ def test_bad_model_files_are_refused_without_running_code(model: Path, tmp_path:
         assert result.returncode == 2 and message in result.stderr and "pwned" not in result.stdout
 
 
+def test_a_training_checkpoint_is_read_whatever_the_case_of_its_extension(tmp_path: Path) -> None:
+    net = TransformerNet(channels=8, num_res_blocks=1)
+    state = {f"net.{key}": value for key, value in net.state_dict().items()}
+    torch.save({"hyper_parameters": {"net": net.config}, "state_dict": state, "global_step": 3}, tmp_path / "run.CKPT")
+    loaded, metadata = load_model(tmp_path / "run.CKPT")  # was read as .safetensors: "header too large"
+    assert metadata["global_step"] == 3
+    assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), net.state_dict().values(), strict=True))
+
+
 def test_list_models_shows_every_shipped_model() -> None:
     result = infer("list=true")
     shipped = sorted((PROJECT_ROOT / "checkpoints").glob("*.safetensors"))
