@@ -23,7 +23,9 @@ LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def shipped_styles() -> list[str]:
-    return [path.stem for path in shipped_models()]
+    """The names ``model=`` takes, each once (``starry_night`` both shipped and in the user's models folder, or
+    as .safetensors and .onnx: the one ``resolve_model`` finds first)."""
+    return list(dict.fromkeys(path.stem for path in shipped_models()))
 
 
 @functools.lru_cache(maxsize=8)

@@ -19,6 +19,7 @@ from PIL import Image
 
 from nst_ff import serve
 from nst_ff.errors import UserError
+from nst_ff.paths import PROJECT_ROOT
 from tests.conftest import SAMPLES
 
 PHOTO = SAMPLES / "chelsea.jpg"
@@ -55,6 +56,18 @@ def test_each_model_is_loaded_once_and_bad_requests_are_clear() -> None:
         serve.stylize_photo(None, "starry_night")
     with pytest.raises(UserError, match="no such model file or shipped model"):
         serve.stylize_photo(photo, "no_such_style")
+
+
+def test_a_name_in_two_model_folders_or_two_formats_is_one_style(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setenv("NST_FF_HOME", str(tmp_path))
+    (tmp_path / "models").mkdir()
+    shipped = serve.shipped_styles()
+    shutil.copy(PROJECT_ROOT / "checkpoints" / "the_scream.safetensors", tmp_path / "models" / "the_scream.safetensors")
+    (tmp_path / "models" / "starry_night.onnx").write_bytes(b"")  # listed as a name even before it is read
+    (tmp_path / "models" / "mine.onnx").write_bytes(b"")
+    assert serve.shipped_styles() == [*shipped, "mine"]
 
 
 def test_missing_gradio_is_one_line(monkeypatch: pytest.MonkeyPatch) -> None:
