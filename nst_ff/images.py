@@ -80,7 +80,11 @@ def decode(image: Image.Image, dtype: torch.dtype = torch.float32) -> Picture:
     image = ImageOps.exif_transpose(image)
     if image.mode.startswith("I") or image.mode == "F":
         rgb = _high_bit_depth(image)
-        return Picture(to_uint8(rgb) if dtype == torch.uint8 else rgb.to(dtype))
+        alpha = None
+        if isinstance(image.info.get("transparency"), int):  # a 16-bit grey PNG's one transparent value (tRNS)
+            opaque = torch.from_numpy(np.asarray(image) != image.info["transparency"])[None]
+            alpha = opaque.to(torch.uint8) * 255 if dtype == torch.uint8 else opaque.to(dtype)
+        return Picture(to_uint8(rgb) if dtype == torch.uint8 else rgb.to(dtype), alpha)
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
     alpha = None
     if has_alpha:

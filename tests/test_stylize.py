@@ -15,7 +15,7 @@ from PIL import Image
 from nst_ff.color import _rgb_to_ycbcr
 from nst_ff.device import auto_precision, cpu_has_fast_bf16, resolve_dtype
 from nst_ff.errors import UserError
-from nst_ff.images import decode, load_image
+from nst_ff.images import decode, load_image, read_picture
 from nst_ff.net import InstanceNorm, TransformerNet
 from nst_ff.paths import PROJECT_ROOT
 from nst_ff.stylize import Stylizer
@@ -232,6 +232,15 @@ def test_every_pillow_mode_decodes_to_rgb(mode: str) -> None:
     if mode == "CMYK":
         assert (picture.rgb - decode(photo).rgb).abs().mean() < 0.02
     assert (picture.alpha is not None) == (mode in ("LA", "PA"))
+
+
+def test_a_16_bit_grey_png_keeps_its_transparent_value_as_alpha(tmp_path: Path) -> None:
+    grey = Image.fromarray((np.arange(48 * 64, dtype=np.uint16) * 20).reshape(48, 64))
+    grey.save(tmp_path / "grey16.png", transparency=int(np.asarray(grey)[0, 5]))  # the PNG's tRNS value
+    for dtype, opaque in ((torch.float32, 1), (torch.uint8, 255)):
+        picture = read_picture(tmp_path / "grey16.png", dtype)
+        assert picture.alpha is not None and picture.alpha.shape == (1, 48, 64) and picture.alpha.dtype == dtype
+        assert picture.alpha[0, 0, 5] == 0 and int((picture.alpha == opaque).sum()) == 48 * 64 - 1
 
 
 def test_exif_orientation_is_applied() -> None:
