@@ -82,6 +82,7 @@ def test_the_wheel_holds_the_commands_configs_paintings_photos_and_models_but_no
     assert len(list(SHIPPED_MODELS_DIR.glob("*.safetensors"))) >= 4
     assert {name.split("/")[0] for name in names} == {"nst_ff", wheel.name.split("-py3")[0] + ".dist-info"}
     assert not [name for name in names if "gallery" in name or "tests" in name or name.endswith(".png")]
+    assert any(name.endswith(".dist-info/licenses/LICENSE") for name in names)  # BSD-3-Clause asks for its text
     entry_points = next(zipfile.Path(wheel, n) for n in names if n.endswith("entry_points.txt")).read_text()
     assert all(f"{command} = nst_ff.cli:{command[4:]}" in entry_points for command in COMMANDS)
 
