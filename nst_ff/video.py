@@ -175,6 +175,10 @@ class _Encoder:
         self.source_time_base = source_stream.time_base
         self.time_base = 1 / _frame_rate(source_stream) if container_format == "avi" else self.source_time_base
         self.stream.codec_context.time_base = self.time_base
+        # Encoders and muxers take only increasing timestamps: a frame whose own does not increase (a broken
+        # file's went backwards, or two rounded to one AVI tick) follows the last one by a frame's duration.
+        self.frame_ticks = max(1, round(1 / (_frame_rate(source_stream) * self.time_base)))
+        self.last_pts: int | None = None
         source_context = source_stream.codec_context
         self.colorspace = None
         if codec == "gif":
@@ -215,9 +219,13 @@ class _Encoder:
         for packet in batch.packets:
             packet.stream = self.audio[packet.stream.index]
             self.output.mux(packet)
-        for rgb, pts in zip(batch.frames, batch.pts, strict=True):
+        for rgb, source_pts in zip(batch.frames, batch.pts, strict=True):
+            pts = round(source_pts * self.source_time_base / self.time_base)
+            if self.last_pts is not None and pts <= self.last_pts:
+                pts = self.last_pts + self.frame_ticks
             frame = self.frame(rgb)
-            frame.pts, frame.time_base = round(pts * self.source_time_base / self.time_base), self.time_base
+            frame.pts, frame.time_base = pts, self.time_base
+            self.last_pts = pts
             self.output.mux(self.stream.encode(frame))
 
     def finish(self) -> None:

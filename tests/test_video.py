@@ -3,6 +3,7 @@ leave nothing behind."""
 
 from __future__ import annotations
 
+import itertools
 import shutil
 import subprocess
 import sys
@@ -134,6 +135,30 @@ def test_every_output_type_keeps_size_rate_frames_and_pixels(
     else:
         assert after["audio"] == []
     assert psnr(after["pixels"], before["pixels"]) > 30  # colours and orientation survive the conversions
+
+
+@pytest.mark.parametrize("name", ["out.mp4", "out.webm", "out.gif"])
+def test_frames_whose_timestamps_go_back_are_written_in_order(tmp_path: Path, name: str) -> None:
+    # A broken file: the fourth frame is stamped before the third (MPEG-4 part 2, no reordering, in Matroska).
+    stamps = [0, 5, 6, 3, 7, 8]
+    with av.open(str(tmp_path / "broken.mkv"), "w") as out:
+        video = out.add_stream("mpeg4", rate=FPS)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        packets = []
+        for i in range(len(stamps)):
+            frame = av.VideoFrame.from_ndarray(np.full((48, 64, 3), 40 * i, np.uint8), format="rgb24")
+            frame.pts = i
+            packets += video.encode(frame.reformat(format="yuv420p"))
+        for i, packet in enumerate(packets + video.encode(None)):
+            ticks = round(1 / (FPS * packet.time_base))
+            packet.pts, packet.dts = stamps[i] * ticks, i * ticks
+            out.mux(packet)
+    # It was stylised to its end, then the encoder refused the stamps ("cannot write the video (Invalid argument)").
+    assert stylize_video(tmp_path / "broken.mkv", tmp_path / name, identity, progress=False) == len(stamps)
+    with av.open(str(tmp_path / name)) as written:
+        frames = list(written.decode(video=0))
+    assert len(frames) == len(stamps) and all(a.pts < b.pts for a, b in itertools.pairwise(frames))
+    assert [round(float(frame.to_ndarray(format="rgb24").mean()) / 40) for frame in frames] == list(range(len(stamps)))
 
 
 def test_webm_with_aac_sound_says_what_to_do(clip: Path, tmp_path: Path) -> None:
