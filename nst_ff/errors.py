@@ -4,10 +4,12 @@ Entry points print these as one line and exit non-zero; anything else is a bug a
 """
 
 import importlib
+import signal
 import sys
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
-from types import ModuleType
+from types import FrameType, ModuleType
 from typing import NoReturn
 
 
@@ -31,19 +33,36 @@ def exit_on_user_error() -> Iterator[None]:
         sys.exit(2)
 
 
-def exit_stopped(kept: str) -> NoReturn:
-    """One line saying what a command stopped by Ctrl-C ``kept``, and exit status 130 (the shells' status for it)."""
-    print(f"stopped (Ctrl-C); {kept}", file=sys.stderr)
-    sys.exit(130)
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's pre-emption) inside ``exit_on_ctrl_c``: raised where Ctrl-C's
+    KeyboardInterrupt is, so that the same code keeps what is done."""
+
+
+def exit_stopped(kept: str, stop: KeyboardInterrupt | None = None) -> NoReturn:
+    """One line saying what a command stopped by Ctrl-C (or ``stop``: a ``Terminated``) ``kept``, and the shells'
+    exit status for it (130, or 143 for SIGTERM)."""
+    signum = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
+    print(f"stopped ({'Ctrl-C' if signum == signal.SIGINT else signum.name}); {kept}", file=sys.stderr)
+    sys.exit(128 + signum)
 
 
 @contextmanager
 def exit_on_ctrl_c(kept: str) -> Iterator[None]:
-    """For entry points: Ctrl-C is ``exit_stopped(kept)``, not a traceback from wherever the network was."""
+    """For entry points: Ctrl-C or SIGTERM is ``exit_stopped(kept)``, not a traceback from wherever the network
+    was, nor (SIGTERM's default) an exit that keeps nothing: a photo's optimisation writes its best image so far."""
+
+    def terminate(signum: int, frame: FrameType | None) -> None:
+        raise Terminated
+
+    main = threading.current_thread() is threading.main_thread()  # only its handlers can be set
+    previous = signal.signal(signal.SIGTERM, terminate) if main else None
     try:
         yield
-    except KeyboardInterrupt:
-        exit_stopped(kept)
+    except KeyboardInterrupt as stop:
+        exit_stopped(kept, stop)
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 def require(module: str, extra: str, purpose: str) -> ModuleType:

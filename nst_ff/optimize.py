@@ -25,11 +25,12 @@ Callback = Callable[[int, LossTerms, torch.Tensor], None]
 
 
 class Stopped(Exception):
-    """Ctrl-C during an optimisation: ``image`` is the lowest-loss image of the steps done, ``steps`` of them."""
+    """Ctrl-C (or SIGTERM, ``nst_ff.errors.Terminated``: ``stop``) during an optimisation: ``image`` is the
+    lowest-loss image of the steps done, ``steps`` of them."""
 
-    def __init__(self, image: torch.Tensor, steps: int) -> None:
+    def __init__(self, image: torch.Tensor, steps: int, stop: KeyboardInterrupt) -> None:
         super().__init__(f"stopped after {steps} steps")
-        self.image, self.steps = image, steps
+        self.image, self.steps, self.stop = image, steps, stop
 
 
 def initial_image(init: str, content: torch.Tensor, style: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -99,8 +100,8 @@ def optimize_pixels(
                 pixels.clamp_(0, 1)
             if callback is not None:
                 callback(step, terms, pixels.detach())
-    except KeyboardInterrupt:
-        raise Stopped(best, step) from None  # ``best`` changes only once a step is whole
+    except KeyboardInterrupt as stop:
+        raise Stopped(best, step, stop) from None  # ``best`` changes only once a step is whole
     with torch.no_grad():
         final = loss(pixels, targets).total.item()
     return pixels.detach() if final <= best_loss else best
@@ -205,5 +206,5 @@ def run(cfg: dict[str, Any]) -> Path:
         out = preserve_colors(out, content[0].cpu())
     write_picture(output, out)
     if stopped is not None:
-        exit_stopped(f"wrote {output}, the best image of the {stopped.steps} steps done")
+        exit_stopped(f"wrote {output}, the best image of the {stopped.steps} steps done", stopped.stop)
     return output

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -189,14 +190,16 @@ def test_a_photo_already_at_the_stage_size_works(johnson_loss: PerceptualLoss, t
         assert total(johnson_loss, out, content) < total(johnson_loss, content, content)
 
 
-def test_ctrl_c_writes_the_best_image_so_far(tmp_path: Path) -> None:
-    """Before: a KeyboardInterrupt traceback, and minutes of optimisation lost."""
+@pytest.mark.parametrize(("stop", "name"), [(signal.SIGINT, "Ctrl-C"), (signal.SIGTERM, "SIGTERM")])
+def test_ctrl_c_or_sigterm_writes_the_best_image_so_far(tmp_path: Path, stop: signal.Signals, name: str) -> None:
+    """Before: a KeyboardInterrupt traceback, and minutes of optimisation lost; SIGTERM (a scheduler's pre-emption)
+    ended the process with nothing written."""
     out = tmp_path / "cat.png"
     command = optimize_command(f"output={out}", "steps=100000", "save_every=2", f"hydra.run.dir={tmp_path / 'run'}")
-    returncode, stderr = interrupted(command, ready=(tmp_path / "cat_step4.png").exists)
-    assert returncode == 130 and "Traceback" not in stderr, stderr[-2000:]
-    steps = int(re.search(r"stopped \(Ctrl-C\); wrote .*cat.png, the best image of the (\d+) steps done", stderr)[1])
-    assert steps >= 4 and Image.open(out).size == Image.open(SAMPLES / "chelsea.jpg").size
+    returncode, stderr = interrupted(command, ready=(tmp_path / "cat_step4.png").exists, stop=stop)
+    assert returncode == 128 + stop and "Traceback" not in stderr, stderr[-2000:]
+    kept = rf"stopped \({name}\); wrote .*cat.png, the best image of the (\d+) steps done"
+    assert int(re.search(kept, stderr)[1]) >= 4 and Image.open(out).size == Image.open(SAMPLES / "chelsea.jpg").size
 
 
 @pytest.mark.parametrize(
