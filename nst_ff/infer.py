@@ -160,10 +160,12 @@ def run(cfg: dict) -> int:
     model_path = resolve_model(str(cfg["model"]))
     net, _ = load_model(model_path)
     if model_path.suffix.lower() == ".onnx":  # onnxruntime runs it as exported
-        ignored = [f"{key}={cfg[key]}" for key in ("precision", "compile") if cfg[key] not in ("auto", "fp32", False)]
+        settings = ("precision", "compile", "tile_above")
+        ignored = [f"{key}={cfg[key]}" for key in settings if cfg[key] not in ("auto", "fp32", False)]
         if ignored:
             print(
-                f"note: {model_path.name} runs in onnxruntime, in fp32: {' and '.join(ignored)} left aside",
+                f"note: {model_path.name} runs in onnxruntime, in fp32, on whole images: {' and '.join(ignored)} "
+                "left aside",
                 file=sys.stderr,
             )
     raw_inputs = cfg["input"] if isinstance(cfg["input"], list) else [cfg["input"]]

@@ -103,15 +103,14 @@ def test_infer_runs_an_onnx_file(exported: tuple[TransformerNet, Path], tmp_path
     assert "note:" not in result.stderr
     # Before: options that do not apply to an ONNX model were dropped without a word.
     forced = subprocess.run(
-        [*command, "precision=bf16", "compile=true", "overwrite=true"],
+        [*command, "precision=bf16", "compile=true", "tile_above=100000", "overwrite=true"],
         capture_output=True,
         text=True,
         cwd=PROJECT_ROOT,
         timeout=300,
     )
-    assert forced.returncode == 0 and "runs in onnxruntime, in fp32: precision=bf16 and compile=True left aside" in (
-        forced.stderr
-    )
+    left_aside = "in fp32, on whole images: precision=bf16 and compile=True and tile_above=100000 left aside"
+    assert forced.returncode == 0 and left_aside in forced.stderr
 
 
 @needs_onnx
