@@ -23,6 +23,7 @@ import copy
 import json
 import math
 import re
+import shutil
 import statistics
 import subprocess
 import sys
@@ -425,7 +426,9 @@ class Probe:
         return {"rows": rows}
 
     def train(self, run_dir: Path, overrides: list[str]) -> float:
-        """A whole ``train.py experiment=gpu_fast`` run on the carried photos into ``run_dir``: its wall seconds."""
+        """A whole ``train.py experiment=gpu_fast`` run on the carried photos into ``run_dir`` (emptied first: a
+        rerun of the probe with the same --work): its wall seconds."""
+        shutil.rmtree(run_dir, ignore_errors=True)
         args = ["train.py", "experiment=gpu_fast", f"data.root={self.photos}", f"hydra.run.dir={run_dir}"]
         args += [f"loss.weights.source={self.weights['source']}", "trainer.enable_progress_bar=false"]
         if "path" in self.weights:

@@ -28,7 +28,7 @@ from nst_ff.config import (
     style_path_overrides,
     validate,
 )
-from nst_ff.errors import exit_on_ctrl_c, exit_on_user_error
+from nst_ff.errors import UserError, exit_on_ctrl_c, exit_on_user_error
 from nst_ff.files import new_run_folder, removed_if_unused
 from nst_ff.paths import CONFIG_DIR
 from nst_ff.schema import ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig
@@ -98,6 +98,23 @@ def _own_run_folder(config_name: str) -> None:
     sys.argv += literal_values([f"hydra.run.dir={folder}"])
 
 
+def _keep_earlier_run() -> None:
+    """A folder given with hydra.run.dir that holds an earlier training run's checkpoints is for resuming it: a new
+    run there put its checkpoints among the earlier run's and wrote its model and recorded config over them."""
+    arguments = sys.argv[1:]
+    given = [a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith("hydra.run.dir=")]
+    resumed = any(a.startswith("ckpt_path=") and a != "ckpt_path=null" for a in arguments)
+    if not given or resumed or any(a.startswith("-") for a in arguments):
+        return
+    checkpoints = Path(given[-1]).expanduser() / "checkpoints"
+    if any(checkpoints.glob("*.ckpt")):
+        with exit_on_user_error():
+            raise UserError(
+                f"hydra.run.dir={given[-1]}: holds an earlier run ({checkpoints}); resume it with "
+                f"ckpt_path={checkpoints / 'last.ckpt'}, or give another folder (or none: each run gets its own)"
+            )
+
+
 def _launch(config_dir: Path, config_name: str, job: Callable[[DictConfig], None]) -> None:
     """Run a command that makes no run folder (infer, export, serve) on the config composed for checking:
     through Hydra's start-up, which composes it again, nst-infer took 0.68 s more than importing torch for a
@@ -122,6 +139,7 @@ def train() -> None:
     if _help(CONFIG_DIR, "train", "train a style's network; the run folder is outputs/<style>/<time> here"):
         return
     _check_command_line(CONFIG_DIR, "train", style_paths=True)
+    _keep_earlier_run()
     _own_run_folder("train")
     _train()
 

@@ -291,6 +291,19 @@ def test_multirun_sweep_records_each_jobs_own_command(tmp_path: Path) -> None:
         assert float(weight.split("=")[1]) == meta["loss"]["style_weight"]  # this job's value, not the sweep
 
 
+def test_a_new_run_into_an_earlier_run_s_folder_is_refused_and_a_resume_there_is_not(tmp_path: Path) -> None:
+    run = tmp_path / "run"
+    assert run_script(*FAST, "trainer.max_steps=2", f"hydra.run.dir={run}").returncode == 0
+    model = (run / "checkpoints" / "starry_night.safetensors").read_bytes()
+    again = run_script(*FAST, "trainer.max_steps=2", "loss.style_weight=1e3", f"hydra.run.dir={run}")
+    # Before: the second run's checkpoints among the first's, and its model and config over the first's.
+    assert again.returncode == 2 and "holds an earlier run" in again.stderr and "ckpt_path=" in again.stderr
+    assert (run / "checkpoints" / "starry_night.safetensors").read_bytes() == model
+    last = run / "checkpoints" / "last.ckpt"
+    resumed = run_script(*FAST, "trainer.max_steps=3", f"ckpt_path={last}", f"hydra.run.dir={run}")
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+
+
 def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path) -> None:
     # One batch an epoch and a logging interval of several steps: Lightning warns, wrongly here, that nothing logs.
     args = ["trainer.max_steps=2", "trainer.precision=bf16-mixed", "data.batch_size=4", "trainer.log_every_n_steps=5"]
