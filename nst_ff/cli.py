@@ -14,6 +14,7 @@ import sys
 import textwrap
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -72,16 +73,23 @@ def _option_files(group_dir: Path, option: str) -> list[Path]:
     return [base for entry in bases for base in _option_files(group_dir, entry)] + [path]
 
 
-def _check_command_line(config_dir: Path, config_name: str, style_paths: bool = False) -> DictConfig | None:
+def _check_command_line(
+    config_dir: Path,
+    config_name: str,
+    style_paths: bool = False,
+    settings: Callable[[DictConfig], dict[str, Any]] | None = None,
+) -> DictConfig | None:
     """Compose the config before Hydra does, so that its errors are one line (see ``check_command_line``);
     ``style_paths``: ``style=`` may name a painting's file (``style_path_overrides``). A value Hydra's grammar cannot
-    read is taken as a string (``literal_values``: file names like ``IMG (1).jpg``, ``~/photos``)."""
+    read is taken as a string (``literal_values``: file names like ``IMG (1).jpg``, ``~/photos``). ``settings``: the
+    job's validation, run here on each job of a sweep (with a stand-in for the run folder Hydra makes later)."""
     register_resolvers()
     if style_paths:
         sys.argv[1:] = style_path_overrides(sys.argv[1:])
     sys.argv[1:] = literal_values(sys.argv[1:])
+    check_job = None if settings is None else lambda cfg: settings(OmegaConf.merge(cfg, {"output_dir": "."}))
     with exit_on_user_error():
-        return check_command_line(config_dir, config_name, sys.argv[1:])
+        return check_command_line(config_dir, config_name, sys.argv[1:], check_job)
 
 
 def _own_run_folder(config_name: str) -> None:
@@ -131,14 +139,18 @@ def _train(cfg: DictConfig) -> None:
     from nst_ff.training import train as fit
 
     with exit_on_user_error(), removed_if_unused(HydraConfig.get().runtime.output_dir):
-        fit(validate(cfg, TrainConfig, open_nodes=("trainer",)), command=job_command())
+        fit(_train_settings(cfg), command=job_command())
+
+
+def _train_settings(cfg: DictConfig) -> dict[str, Any]:
+    return validate(cfg, TrainConfig, open_nodes=("trainer",))
 
 
 def train() -> None:
     """Train a style's network (conf/train.yaml); the run folder is outputs/<style>/<time> in the current folder."""
     if _help(CONFIG_DIR, "train", "train a style's network; the run folder is outputs/<style>/<time> here"):
         return
-    _check_command_line(CONFIG_DIR, "train", style_paths=True)
+    _check_command_line(CONFIG_DIR, "train", style_paths=True, settings=_train_settings)
     _keep_earlier_run()
     _own_run_folder("train")
     _train()
@@ -165,14 +177,18 @@ def _optimize(cfg: DictConfig) -> None:
 
     kept = "nothing written: it stopped before the optimisation (Ctrl-C during it writes the best image so far)"
     with exit_on_user_error(), exit_on_ctrl_c(kept), removed_if_unused(HydraConfig.get().runtime.output_dir):
-        print(f"wrote {run(validate(cfg, OptimizeConfig))}")
+        print(f"wrote {run(_optimize_settings(cfg))}")
+
+
+def _optimize_settings(cfg: DictConfig) -> dict[str, Any]:
+    return validate(cfg, OptimizeConfig)
 
 
 def optimize() -> None:
     """Stylise one photo by optimising its pixels (conf/optimize.yaml)."""
     if _help(CONFIG_DIR, "optimize", "stylise one photo by optimising its pixels (Gatys et al.)"):
         return
-    _check_command_line(CONFIG_DIR, "optimize", style_paths=True)
+    _check_command_line(CONFIG_DIR, "optimize", style_paths=True, settings=_optimize_settings)
     _own_run_folder("optimize")
     _optimize()
 

@@ -4,11 +4,12 @@ any mistake in an option into one line before a command starts."""
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import re
 import sys
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -140,10 +141,14 @@ def literal_values(arguments: list[str]) -> list[str]:
     return out
 
 
-def check_command_line(config_dir: Path, config_name: str, overrides: list[str]) -> DictConfig | None:
+def check_command_line(
+    config_dir: Path, config_name: str, overrides: list[str], check_job: Callable[[DictConfig], object] | None = None
+) -> DictConfig | None:
     """Compose the config as Hydra will, so that a misspelt key, an unknown group option or an override that
     does not parse stops the command with one line (exit 2) instead of Hydra's multi-line report. Returns the
-    composed config (without its ``hydra`` node), or None for a sweep, which has one per combination."""
+    composed config (without its ``hydra`` node), or None for a sweep, which has one per combination: each is
+    composed and given to ``check_job`` (the job's own checks of values) here, so that a mistake in the fifth job
+    stops the sweep before the first one trains."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -162,13 +167,34 @@ def check_command_line(config_dir: Path, config_name: str, overrides: list[str])
                 f"{override}: a comma here means one run per value; write key=[a,b] for a list, key='a,b' for a "
                 "name with a comma, or add --multirun for the runs"
             )
-    if multirun:
-        return None  # Hydra checks each combination when it starts it
-    try:
-        with initialize_config_dir(str(config_dir), version_base="1.3"):
-            return compose(config_name, overrides=task)
-    except (HydraException, OmegaConfBaseException) as error:
-        raise ConfigError(_hydra_message(error, config_dir, config_name, task)) from None
+    jobs = _sweep_jobs(parser.parse_overrides(task)) if multirun else [task]
+    for job in jobs or []:  # None: a sweep only Hydra can expand (glob), checked by Hydra as each job starts
+        try:
+            with initialize_config_dir(str(config_dir), version_base="1.3"):
+                cfg = compose(config_name, overrides=job)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise ConfigError(_hydra_message(error, config_dir, config_name, job)) from None
+        if not multirun:
+            return cfg
+        if check_job is not None:
+            check_job(cfg)
+    return None
+
+
+def _sweep_jobs(overrides: list[Any]) -> list[list[str]] | None:
+    """Each job's overrides in a sweep, as Hydra's basic sweeper writes them (one per combination of the swept
+    values, a key's last override winning); None for a sweep that needs Hydra's config loader to expand."""
+    from hydra.errors import HydraException
+
+    per_key: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        try:
+            values = list(override.sweep_string_iterator()) if override.is_sweep_override() else None
+        except HydraException:  # glob(...) over a group's options
+            return None
+        per_key[key] = [f"{key}={value}" for value in values] if values is not None else [override.input_line]
+    return [list(job) for job in itertools.product(*per_key.values())]
 
 
 def run_folder(config_dir: Path, config_name: str, overrides: list[str]) -> Path:

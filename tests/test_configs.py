@@ -226,6 +226,24 @@ def test_entry_points_print_one_line_and_exit_2(tmp_path: Path, script: str, arg
 
 
 @pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        # Before: the first job trained, then the second stopped on its value.
+        (["loss.style_weight=1e5,-2"], "loss.style_weight=-2.0: must be 0 or more"),
+        # Before: Hydra's multi-line report, and a sweep folder holding only multirun.yaml.
+        (["loss.style_wieght=1e5,2"], "loss.style_wieght=100000.0: no such option"),
+        (["style=starry_night,nope"], "style=nope: no such style option or image file"),
+    ],
+)
+def test_a_sweep_checks_every_job_before_the_first_starts(tmp_path: Path, args: list[str], message: str) -> None:
+    command = [sys.executable, str(PROJECT_ROOT / "train.py"), "-m", "experiment=smoke", *args]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=tmp_path, timeout=120)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.startswith(f"error: {message}") and len(result.stderr.strip().splitlines()) == 1
+    assert list(tmp_path.iterdir()) == []  # no sweep folder, no job's run
+
+
+@pytest.mark.parametrize(
     ("script", "flag", "documented"),
     [
         # trainer=auto's own file only names trainer/cpu.yaml, where max_steps and the other defaults are.
