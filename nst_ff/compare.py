@@ -56,8 +56,15 @@ def scores(loss: PerceptualLoss, image: torch.Tensor, content: torch.Tensor) -> 
     return {"content": terms.content.item(), "style": terms.style.item(), "total": terms.total.item()}
 
 
-def compare_model(model: str, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
-    """One model on every photo: timings, losses, grids under ``args.out/<model>/``."""
+def model_names(models: list[str]) -> list[str]:
+    """A name per model for its grids' folder and its rows: its file's stem, numbered where models share one (two
+    runs' exports of one style are both ``<style>.safetensors``)."""
+    stems = [resolve_model(model).stem for model in models]
+    return [stem if stems.count(stem) == 1 else f"{stem}_{stems[: i + 1].count(stem)}" for i, stem in enumerate(stems)]
+
+
+def compare_model(model: str, name: str, paths: list[Path], args: argparse.Namespace) -> dict[str, Any]:
+    """One model on every photo: timings, losses, grids under ``args.out/<name>/``."""
     model_path = resolve_model(model)
     net, meta = load_model(model_path)
     loss_cfg = dict(meta["loss"])
@@ -72,18 +79,18 @@ def compare_model(model: str, paths: list[Path], args: argparse.Namespace) -> di
     stylizer(torch.rand(1, 3, 64, 64, device=device))
     if args.steps:
         coarse_to_fine(loss, torch.rand(1, 3, 64, 64, device=device), style, [64], 1, "content", args.optimizer)
-    out = Path(args.out) / model_path.stem
+    out = Path(args.out) / name
     rows = []
     folder = Path(args.content) if Path(args.content).is_dir() else None
     for path in paths:
         # Named by its place in the folder: photos of one name in two subfolders must not share a grid.
-        name = path.relative_to(folder) if folder else Path(path.name)
+        photo = path.relative_to(folder) if folder else Path(path.name)
         content = load_image(path, args.size).to(device)
         start = time.perf_counter()
         feed_forward = stylizer(content)
         _synchronize(device)
         row: dict[str, Any] = {
-            "image": name.as_posix(),
+            "image": photo.as_posix(),
             "size": f"{content.shape[-1]}x{content.shape[-2]}",
             "feed_forward_s": time.perf_counter() - start,
             "photo": scores(loss, content, content),
@@ -99,10 +106,11 @@ def compare_model(model: str, paths: list[Path], args: argparse.Namespace) -> di
             tiles.append(optimized)
         rows.append(row)
         grid = make_grid(torch.cat([*tiles, feed_forward]).cpu(), nrow=len(tiles) + 1)
-        write_picture(out / name.with_name(f"{name.stem}_grid.jpg"), grid)
-        print(f"{model_path.stem} {name.as_posix()}: feed-forward {row['feed_forward_s']:.2f} s", end="")
+        write_picture(out / photo.with_name(f"{photo.stem}_grid.jpg"), grid)
+        print(f"{name} {photo.as_posix()}: feed-forward {row['feed_forward_s']:.2f} s", end="")
         print(f", optimization {row['optimization_s']:.1f} s" if args.steps else "")
     report = {
+        "name": name,
         "model": str(model_path),
         "style": meta.get("style"),
         "steps_trained": meta.get("steps"),
@@ -143,7 +151,7 @@ def markdown(reports: list[dict[str, Any]], size: int) -> str:
     for report in reports:
         median = report["median"]
         line = (
-            f"| {report['style']} | {report['steps_trained']} | {_triple(median, 'content')} | "
+            f"| {report['name']} | {report['steps_trained']} | {_triple(median, 'content')} | "
             f"{_triple(median, 'style')} | {report['feed_forward_s_median']:.2f} |"
         )
         if with_opt:
@@ -153,7 +161,7 @@ def markdown(reports: list[dict[str, Any]], size: int) -> str:
     for report in reports:
         lines += [
             "",
-            f"## {report['style']} (`{report['model']}`)",
+            f"## {report['name']} (`{report['model']}`)",
             "",
             f"| image | size | content ({methods}) | style ({methods}) | feed-forward s |"
             + (" optimization s |" if with_opt else ""),
@@ -191,7 +199,7 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     paths = readable_photos(paths, args.size)
     if not paths:
         raise UserError(f"{content}: no readable photos; pass a photo or a folder of photos to --content")
-    reports = [compare_model(model, paths, args) for model in args.model]
+    reports = [compare_model(*model, paths, args) for model in zip(args.model, model_names(args.model), strict=True)]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps({"size": args.size, "models": reports}, indent=2))

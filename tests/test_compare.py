@@ -45,6 +45,24 @@ def test_feed_forward_only_quality_table(tmp_path: Path) -> None:
     assert "photo / feed-forward)" in result.stdout
 
 
+def test_two_models_of_one_file_name_each_get_their_grids_and_rows(tmp_path: Path) -> None:
+    """Two runs' exports of a style are both <style>.safetensors: before, the second's grids replaced the first's,
+    and the report's rows were both named by the style, as were a style's full and fast models'."""
+    for run in ("a", "b"):
+        (tmp_path / run).mkdir()
+        (tmp_path / run / "the_scream.safetensors").write_bytes(
+            (PROJECT_ROOT / "checkpoints" / "the_scream_fast.safetensors").read_bytes()
+        )
+    models = [str(tmp_path / "a" / "the_scream.safetensors"), str(tmp_path / "b" / "the_scream.safetensors")]
+    result = run_compare(tmp_path / "out", "--model", *models, "starry_night_fast", "--size", "32", "--steps", "0")
+    assert result.returncode == 0, result.stderr[-2000:]
+    reports = json.loads((tmp_path / "out" / "report.json").read_text())["models"]
+    assert [report["name"] for report in reports] == ["the_scream_1", "the_scream_2", "starry_night_fast"]
+    assert all(any((tmp_path / "out" / report["name"]).glob("*_grid.jpg")) for report in reports)
+    table = (tmp_path / "out" / "report.md").read_text()
+    assert all(f"| {report['name']} |" in table for report in reports)
+
+
 def test_photos_of_one_name_in_two_subfolders_each_get_their_row_and_grid(tmp_path: Path) -> None:
     """Before: the grids were named by the file's name alone, so photos/b/x.jpg's grid replaced photos/a/x.jpg's,
     and the report's two rows both read x.jpg."""
