@@ -167,6 +167,30 @@ def test_any_size_in_same_size_out(net: TransformerNet, size: tuple[int, int]) -
     assert Stylizer(net).stylize(image).shape == image.shape
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_any_float_tensor_runs_in_fp32(net: TransformerNet, dtype: torch.dtype) -> None:
+    image = torch.rand(3, 24, 32)
+    stylizer = Stylizer(net, precision="fp32")
+    out = stylizer.stylize(image.to(dtype))
+    assert out.dtype == torch.float32 and psnr(out, stylizer.stylize(image.to(dtype).float())) == math.inf
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "message"),
+    [
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), TypeError, r"float images in \[0, 1\], got torch.uint8; .*to_float"),
+        (torch.rand(8, 8), ValueError, r"got shape \(8, 8\)"),
+        (torch.rand(1, 8, 8, 3), ValueError, r"got shape \(1, 8, 8, 3\)"),
+        ("photo.jpg", TypeError, "a PIL image or a torch tensor, got str"),
+    ],
+)
+def test_images_the_network_cannot_take_give_one_clear_error(
+    net: TransformerNet, image: object, error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        Stylizer(net, precision="fp32").stylize(image, strength=0.5)
+
+
 def test_strength_zero_returns_the_input_and_blends_linearly(net: TransformerNet, photo: torch.Tensor) -> None:
     stylizer = Stylizer(net)
     assert torch.equal(stylizer.stylize(photo, strength=0.0), photo)
