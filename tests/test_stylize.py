@@ -242,7 +242,7 @@ def _photo_in_mode(photo: Image.Image, mode: str) -> Image.Image:
     return photo.convert(mode)
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "LA", "PA", "I;16", "I", "F", "1"])
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "LA", "La", "PA", "RGBa", "I;16", "I", "F", "1"])
 def test_every_pillow_mode_decodes_to_rgb(mode: str) -> None:
     photo = Image.open(SAMPLES / "coffee.jpg")
     image = _photo_in_mode(photo, mode)
@@ -251,11 +251,11 @@ def test_every_pillow_mode_decodes_to_rgb(mode: str) -> None:
     assert picture.rgb.shape == (3, photo.height, photo.width)
     assert picture.rgb.min() >= 0 and picture.rgb.max() <= 1
     grey = torch.from_numpy(np.asarray(photo.convert("L"), dtype=np.float32)) / 255
-    if mode in ("L", "LA", "I;16", "I", "F"):
+    if mode in ("L", "LA", "La", "I;16", "I", "F"):
         assert (picture.rgb[0] - grey).abs().max() < 1.5 / 255  # 16-bit and float land on the same scale
     if mode == "CMYK":
         assert (picture.rgb - decode(photo).rgb).abs().mean() < 0.02
-    assert (picture.alpha is not None) == (mode in ("LA", "PA"))
+    assert (picture.alpha is not None) == (mode in ("LA", "La", "PA", "RGBa"))
 
 
 def test_a_16_bit_grey_png_keeps_its_transparent_value_as_alpha(tmp_path: Path) -> None:
