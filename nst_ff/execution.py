@@ -83,7 +83,7 @@ class Execution:
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         """Images as the prepared network takes them: on the device, in its dtype and memory format."""
         images = images.to(self.device, non_blocking=True)
-        return images.to(self.dtype or images.dtype).contiguous(memory_format=self.memory_format)
+        return images.to(self.dtype or torch.float32).contiguous(memory_format=self.memory_format)
 
     def describe(self) -> str:
         device = str(self.device)

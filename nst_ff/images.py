@@ -88,7 +88,8 @@ def decode(image: Image.Image, dtype: torch.dtype = torch.float32) -> Picture:
     has_alpha = image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info
     alpha = None
     if has_alpha:
-        rgba = image.convert("RGBA")
+        # Pillow converts premultiplied La to LA only (RGBa converts directly).
+        rgba = (image.convert("LA") if image.mode == "La" else image).convert("RGBA")
         alpha = to_tensor(rgba.getchannel("A"), dtype)
         image = rgba.convert("RGB")
     elif image.mode not in ("RGB", "CMYK", "L"):

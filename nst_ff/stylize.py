@@ -22,6 +22,16 @@ from nst_ff.net import TransformerNet
 from nst_ff.tiling import stylize_tiled
 
 
+def _check_batch(images: torch.Tensor) -> None:
+    """A one-line error for images the network cannot take, instead of one from deep inside it."""
+    if images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"expected (N, 3, H, W) or (3, H, W) images, got shape {tuple(images.shape)}")
+    if not images.is_floating_point():
+        raise TypeError(
+            f"expected float images in [0, 1], got {images.dtype}; convert 8-bit images with nst_ff.images.to_float"
+        )
+
+
 class Stylizer:
     """Stylise images with a trained TransformerNet.
 
@@ -90,6 +100,7 @@ class Stylizer:
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float images in [0, 1] -> stylised float32 images, same size, on the input's device."""
+        _check_batch(images)
         with torch.inference_mode():
             if images.shape[-2] * images.shape[-1] <= self.tile_above:
                 out = self._run(images)
@@ -117,6 +128,7 @@ class Stylizer:
         sees (the result is scaled back up to the original size)."""
         if not 0 <= strength <= 1:
             raise ValueError(f"strength must be between 0 and 1, got {strength}")
+        _check_batch(images)
         if strength == 0:
             return images.clone()
         height, width = images.shape[-2:]
@@ -138,6 +150,8 @@ class Stylizer:
         if isinstance(image, Image.Image):
             out = self.stylize_picture(decode(image), **options)
             return to_pil(out.rgb, out.alpha)
-        if image.ndim == 4:
-            return self.stylize_batch(image, **options)
-        return self.stylize_batch(image[None], **options)[0]
+        if not isinstance(image, torch.Tensor):
+            raise TypeError(f"expected a PIL image or a torch tensor, got {type(image).__name__}")
+        if image.ndim == 3:
+            return self.stylize_batch(image[None], **options)[0]
+        return self.stylize_batch(image, **options)

@@ -282,6 +282,14 @@ def stylize_video(
                 # Frames cross to the device as bytes (4x less than floats) and come back as bytes.
                 frames = torch.from_numpy(batch.frames).to(device, non_blocking=True).permute(0, 3, 1, 2)
                 out = stylize(frames.float().div_(255))
+                # The encoder would take smaller frames or 0..255 values without a word (scaled up, or wrapped
+                # around: a video unlike the function's output); other shapes fail deep inside it.
+                if not isinstance(out, torch.Tensor) or out.shape != frames.shape or not out.is_floating_point():
+                    got = f"{out.dtype} of shape {tuple(out.shape)}" if isinstance(out, torch.Tensor) else repr(out)
+                    raise ValueError(
+                        f"stylize returned {got}; it must return float frames in [0, 1] of the shape it was given, "
+                        f"{tuple(frames.shape)}"
+                    )
                 batch.frames = out.mul(255).round_().clamp_(0, 255).byte().permute(0, 2, 3, 1).cpu().numpy()
             return batch
 

@@ -167,6 +167,30 @@ def test_any_size_in_same_size_out(net: TransformerNet, size: tuple[int, int]) -
     assert Stylizer(net).stylize(image).shape == image.shape
 
 
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float64])
+def test_any_float_tensor_runs_in_fp32(net: TransformerNet, dtype: torch.dtype) -> None:
+    image = torch.rand(3, 24, 32)
+    stylizer = Stylizer(net, precision="fp32")
+    out = stylizer.stylize(image.to(dtype))
+    assert out.dtype == torch.float32 and psnr(out, stylizer.stylize(image.to(dtype).float())) == math.inf
+
+
+@pytest.mark.parametrize(
+    ("image", "error", "message"),
+    [
+        (torch.zeros(3, 8, 8, dtype=torch.uint8), TypeError, r"float images in \[0, 1\], got torch.uint8; .*to_float"),
+        (torch.rand(8, 8), ValueError, r"got shape \(8, 8\)"),
+        (torch.rand(1, 8, 8, 3), ValueError, r"got shape \(1, 8, 8, 3\)"),
+        ("photo.jpg", TypeError, "a PIL image or a torch tensor, got str"),
+    ],
+)
+def test_images_the_network_cannot_take_give_one_clear_error(
+    net: TransformerNet, image: object, error: type, message: str
+) -> None:
+    with pytest.raises(error, match=message):
+        Stylizer(net, precision="fp32").stylize(image, strength=0.5)
+
+
 def test_strength_zero_returns_the_input_and_blends_linearly(net: TransformerNet, photo: torch.Tensor) -> None:
     stylizer = Stylizer(net)
     assert torch.equal(stylizer.stylize(photo, strength=0.0), photo)
@@ -218,7 +242,7 @@ def _photo_in_mode(photo: Image.Image, mode: str) -> Image.Image:
     return photo.convert(mode)
 
 
-@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "LA", "PA", "I;16", "I", "F", "1"])
+@pytest.mark.parametrize("mode", ["L", "P", "CMYK", "LA", "La", "PA", "RGBa", "I;16", "I", "F", "1"])
 def test_every_pillow_mode_decodes_to_rgb(mode: str) -> None:
     photo = Image.open(SAMPLES / "coffee.jpg")
     image = _photo_in_mode(photo, mode)
@@ -227,11 +251,11 @@ def test_every_pillow_mode_decodes_to_rgb(mode: str) -> None:
     assert picture.rgb.shape == (3, photo.height, photo.width)
     assert picture.rgb.min() >= 0 and picture.rgb.max() <= 1
     grey = torch.from_numpy(np.asarray(photo.convert("L"), dtype=np.float32)) / 255
-    if mode in ("L", "LA", "I;16", "I", "F"):
+    if mode in ("L", "LA", "La", "I;16", "I", "F"):
         assert (picture.rgb[0] - grey).abs().max() < 1.5 / 255  # 16-bit and float land on the same scale
     if mode == "CMYK":
         assert (picture.rgb - decode(photo).rgb).abs().mean() < 0.02
-    assert (picture.alpha is not None) == (mode in ("LA", "PA"))
+    assert (picture.alpha is not None) == (mode in ("LA", "La", "PA", "RGBa"))
 
 
 def test_a_16_bit_grey_png_keeps_its_transparent_value_as_alpha(tmp_path: Path) -> None:

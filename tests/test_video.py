@@ -196,6 +196,22 @@ def test_broken_empty_and_unsupported_files_give_one_line(clip: Path, tmp_path: 
         stylize_video(clip, unwritable, identity, progress=False)
 
 
+@pytest.mark.parametrize(
+    "stylize",
+    [
+        lambda frames: frames[..., ::2, ::2],  # before: scaled back up by the encoder without a word
+        lambda frames: frames.mul(255).byte(),  # before: encoded anyway, values wrapped around
+        lambda frames: frames[:1],  # before: a zip() ValueError
+        lambda frames: frames.mean(1, keepdim=True),  # before: a numpy array shape ValueError
+        lambda frames: None,  # before: an AttributeError
+    ],
+)
+def test_a_stylize_function_returning_other_frames_is_told_so(clip: Path, tmp_path: Path, stylize: Any) -> None:
+    with pytest.raises(ValueError, match=r"^stylize returned .*; it must return float frames in \[0, 1\] of the shape"):
+        stylize_video(clip, tmp_path / "out.mp4", stylize, progress=False)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_interrupted_run_leaves_no_output_and_keeps_an_old_one(clip: Path, tmp_path: Path) -> None:
     calls = 0
 
