@@ -21,7 +21,7 @@ from tests.conftest import SAMPLES
 
 GROUPS = ["style", "data", "model", "loss", "trainer", "logger", "experiment"]
 # Commands whose options would clash with the training groups (model=, ...) have a config folder of their own.
-OWN_DIRS = {name: CONFIG_DIR / name for name in ("infer", "export", "serve")}
+OWN_DIRS = {"infer": CONFIG_DIR / "infer", "export": CONFIG_DIR / "onnx", "serve": CONFIG_DIR / "serve"}
 
 
 def options(group: str) -> list[str]:
@@ -321,3 +321,9 @@ def test_every_key_of_the_readme_config_reference_is_an_option_of_train() -> Non
         cfg = check_command_line(CONFIG_DIR, "train", overrides)
         for key in (key.strip("` ") for key in keys.split(",")):
             assert OmegaConf.select(cfg, key, default=KeyError) is not KeyError, key
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_train_export_option_is_a_plain_value(value: bool) -> None:
+    # conf/export/ (nst-export's own config) made Hydra take train.py's `export=false` for a config group: a traceback.
+    assert train_config(f"export={str(value).lower()}")["export"] is value
