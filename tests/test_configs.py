@@ -124,6 +124,9 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         # Lightning took these: a division by zero at the first step; an untrained network exported.
         ("train", ["trainer.val_check_interval=0"], "trainer.val_check_interval=0: must be 1 or more steps"),
         ("train", ["trainer.max_epochs=0"], "trainer.max_epochs=0: -1 (count steps only) or 1 or more"),
+        # A traceback at the first step: the photos are float32, the network's weights bf16, fp16 or float64.
+        ("train", ["trainer.precision=bf16-true"], "trainer.precision=bf16-true: one of 32-true, bf16-mixed, 16-mixed"),
+        ("train", ["trainer.precision=64"], "trainer.precision=64: one of 32-true, bf16-mixed, 16-mixed"),
         (
             "train",
             ["experiment=gpu_fast", "trainer.max_steps=50"],
