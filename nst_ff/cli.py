@@ -201,10 +201,10 @@ def _export(cfg: DictConfig) -> None:
 
 
 def export() -> None:
-    """Export a model to ONNX (conf/export/export.yaml)."""
-    if _help(CONFIG_DIR / "export", "export", "export a model to ONNX"):
+    """Export a model to ONNX (conf/onnx/export.yaml)."""
+    if _help(CONFIG_DIR / "onnx", "export", "export a model to ONNX"):
         return
-    _launch(CONFIG_DIR / "export", "export", _export)
+    _launch(CONFIG_DIR / "onnx", "export", _export)
 
 
 def _serve(cfg: DictConfig) -> None:

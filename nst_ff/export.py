@@ -35,6 +35,20 @@ def save_model(path: str | Path, net: TransformerNet, metadata: dict[str, Any]) 
     atomic_write(path, lambda file: file.write(save(state, metadata=header)))
 
 
+def _run_record(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """What train.py's export records of a checkpoint's run (its style and loss), so that a ``.ckpt`` serves as a
+    distillation teacher as its exported model does."""
+    hparams, style = checkpoint["hyper_parameters"], checkpoint["hyper_parameters"].get("style") or {}
+    loss = hparams.get("loss")
+    if not (style.get("name") and loss):
+        return {}
+    record = {"style": style["name"], "loss": dict(loss), "vgg": loss.get("vgg"), "steps": checkpoint["global_step"]}
+    record["vgg_weights"] = (loss.get("weights") or {}).get("source", "torchvision")
+    if style.get("image"):
+        record.update(style_image=Path(style["image"]).name, style_sha256=checkpoint.get("style_sha256"))
+    return record
+
+
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
@@ -43,7 +57,8 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             hparams = checkpoint["hyper_parameters"]
             state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-            return state, dict(hparams["net"]), {"checkpoint": str(path), "global_step": checkpoint["global_step"]}
+            metadata = {"checkpoint": str(path), "global_step": checkpoint["global_step"], **_run_record(checkpoint)}
+            return state, dict(hparams["net"]), metadata
         except Exception as error:
             raise ModelFileError(
                 f"{path}: not a readable nst-ff training checkpoint ({error}); give a .ckpt from a train.py run's "

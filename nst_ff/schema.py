@@ -200,6 +200,10 @@ class ModelConfig:
         require(self.compile_mode in COMPILE_MODES, "model.compile_mode", self.compile_mode, f"one of {COMPILE_MODES}")
 
 
+# Lightning's mixed and float32 precisions (16 and bf16 are its names for the mixed ones), and auto.
+TRAIN_PRECISIONS = ("32-true", "bf16-mixed", "16-mixed", "32", "bf16", "16", "auto")
+
+
 @dataclass
 class TrainerConfig:
     """The Lightning Trainer arguments the configs set. Others may be added (``+trainer.KEY=VALUE``): they are
@@ -230,6 +234,13 @@ class TrainerConfig:
             "trainer.val_check_interval",
             interval,
             "must be 1 or more steps",
+        )
+        # The "-true" precisions and 64 cast the network's weights but not the float32 photos: a traceback at step 1.
+        require(
+            str(self.precision) in TRAIN_PRECISIONS,
+            "trainer.precision",
+            self.precision,
+            f"one of {', '.join(TRAIN_PRECISIONS)} (auto: bf16-mixed where the hardware is fast at it, else 32-true)",
         )
         allowed = "-1 (count steps only) or 1 or more"
         require(self.max_epochs == -1 or self.max_epochs >= 1, "trainer.max_epochs", self.max_epochs, allowed)

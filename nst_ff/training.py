@@ -17,7 +17,7 @@ from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from nst_ff.checkpoint import AtomicCheckpointIO, StopAtStepEnd
-from nst_ff.device import keep_freed_memory
+from nst_ff.device import auto_precision, keep_freed_memory
 from nst_ff.errors import UserError
 from nst_ff.export import save_model
 from nst_ff.files import file_sha256
@@ -68,6 +68,8 @@ def build_trainer(options: dict[str, Any], **objects: Any) -> pl.Trainer:
     """The Lightning Trainer of ``trainer`` options; what Lightning refuses in them (a GPU asked for where there is
     none, more devices than the machine has, an unknown precision or strategy, a missing accelerator package) is
     one line naming the fix, not a traceback."""
+    if options.get("precision") == "auto":  # README's name for the default, which conf/trainer/ resolves
+        options = {**options, "precision": auto_precision(options.get("accelerator", "auto"))}
     try:
         return instantiate(options, **objects)
     except InstantiationException as error:

@@ -21,7 +21,7 @@ from tests.conftest import SAMPLES
 
 GROUPS = ["style", "data", "model", "loss", "trainer", "logger", "experiment"]
 # Commands whose options would clash with the training groups (model=, ...) have a config folder of their own.
-OWN_DIRS = {name: CONFIG_DIR / name for name in ("infer", "export", "serve")}
+OWN_DIRS = {"infer": CONFIG_DIR / "infer", "export": CONFIG_DIR / "onnx", "serve": CONFIG_DIR / "serve"}
 
 
 def options(group: str) -> list[str]:
@@ -124,6 +124,9 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         # Lightning took these: a division by zero at the first step; an untrained network exported.
         ("train", ["trainer.val_check_interval=0"], "trainer.val_check_interval=0: must be 1 or more steps"),
         ("train", ["trainer.max_epochs=0"], "trainer.max_epochs=0: -1 (count steps only) or 1 or more"),
+        # A traceback at the first step: the photos are float32, the network's weights bf16, fp16 or float64.
+        ("train", ["trainer.precision=bf16-true"], "trainer.precision=bf16-true: one of 32-true, bf16-mixed, 16-mixed"),
+        ("train", ["trainer.precision=64"], "trainer.precision=64: one of 32-true, bf16-mixed, 16-mixed"),
         (
             "train",
             ["experiment=gpu_fast", "trainer.max_steps=50"],
@@ -321,3 +324,9 @@ def test_every_key_of_the_readme_config_reference_is_an_option_of_train() -> Non
         cfg = check_command_line(CONFIG_DIR, "train", overrides)
         for key in (key.strip("` ") for key in keys.split(",")):
             assert OmegaConf.select(cfg, key, default=KeyError) is not KeyError, key
+
+
+@pytest.mark.parametrize("value", [False, True])
+def test_train_export_option_is_a_plain_value(value: bool) -> None:
+    # conf/export/ (nst-export's own config) made Hydra take train.py's `export=false` for a config group: a traceback.
+    assert train_config(f"export={str(value).lower()}")["export"] is value

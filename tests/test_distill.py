@@ -124,3 +124,11 @@ def test_bad_teacher_gives_one_line(tmp_path: Path, override: str, message: str)
     result = run_script(*TINY, override, f"hydra.run.dir={tmp_path}")
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_training_checkpoint_is_a_teacher_as_its_export_is(six_steps: Path) -> None:
+    # Before: "last.ckpt: the teacher's metadata lacks ['style', 'loss']; export it with train.py" (it was train.py's).
+    student = DistillModule({"channels": 8, "num_res_blocks": 1}, str(six_steps / "checkpoints" / "last.ckpt"))
+    exported = load_model(six_steps / "checkpoints" / "starry_night_fast.safetensors")[1]
+    assert student.name == "starry_night_fast_fast" and student.teacher_info["steps"] == 6
+    assert student.teacher_meta["loss"] == exported["loss"]

@@ -182,7 +182,7 @@ def test_draft_config_has_the_entry_function_options() -> None:
 
     from nst_ff.paths import CONFIG_DIR
 
-    with initialize_config_dir(str(CONFIG_DIR / "export"), version_base="1.3"):
+    with initialize_config_dir(str(CONFIG_DIR / "onnx"), version_base="1.3"):
         cfg = compose("export", overrides=["model=starry_night"])
     options = {key: value for key, value in cfg.items() if key != "hydra"}
     assert set(options) == set(inspect.signature(nst_onnx.main).parameters)

@@ -19,12 +19,13 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
 from nst_ff.config import validate
+from nst_ff.device import auto_precision
 from nst_ff.export import ModelFileError, load_model
 from nst_ff.files import OutputError, new_run_folder
 from nst_ff.module import clip_to_running_norm
 from nst_ff.paths import CONFIG_DIR, PROJECT_ROOT
 from nst_ff.schema import TrainConfig
-from nst_ff.training import train
+from nst_ff.training import build_trainer, train
 from tests.conftest import interrupted
 
 # fp32 whatever the CPU: these runs compare exact weights (the bf16 path has its own test below).
@@ -444,3 +445,10 @@ def test_training_fast_paths_match_fp32_losses(
     (total, style, grad), (fast_total, fast_style, fast_grad) = results
     assert fast_total == pytest.approx(total, rel=tolerance) and fast_style == pytest.approx(style, rel=tolerance)
     assert torch.nn.functional.cosine_similarity(grad.flatten(), fast_grad.flatten(), dim=0) > min_cosine
+
+
+def test_trainer_precision_auto_is_the_hardware_choice() -> None:
+    # README gives auto as trainer.precision's default; set explicitly, Lightning refused it as invalid.
+    options = {"_target_": "pytorch_lightning.Trainer", "accelerator": "cpu", "devices": 1, "precision": "auto"}
+    trainer = build_trainer({**options, "logger": False, "enable_checkpointing": False})
+    assert trainer.precision == auto_precision("cpu")
