@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import os
-import warnings
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -36,7 +35,8 @@ def is_decodable(path: Path) -> bool:
 
 
 def usable_images(files: list[Path], verify: bool = True) -> list[Path]:
-    """Drop files that do not decode, with one warning counting them. Unverified, files are taken as they are once
+    """Drop files that do not decode, with one warning counting them (a log line: a Python warning printed the
+    line of source that raised it under the message). Unverified, files are taken as they are once
     one of them decodes (usually the first): a folder where none does still stops the run at the start."""
     if not verify:
         return files if any(is_decodable(path) for path in files) else []
@@ -45,7 +45,7 @@ def usable_images(files: list[Path], verify: bool = True) -> list[Path]:
     bad = [path for path, good in zip(files, ok, strict=True) if not good]
     if bad:
         shown = ", ".join(str(p) for p in bad[:3]) + (", ..." if len(bad) > 3 else "")
-        warnings.warn(f"skipped {len(bad)} unreadable or non-image file(s) of {len(files)}: {shown}", stacklevel=2)
+        log.warning("skipped %d unreadable or non-image file(s) of %d: %s", len(bad), len(files), shown)
     return [path for path, good in zip(files, ok, strict=True) if good]
 
 
@@ -104,7 +104,7 @@ class PhotoDataset(Dataset):
             except ImageError as error:
                 self.failures += 1
                 if self.failures == 1:
-                    warnings.warn(f"skipping unreadable training image: {error}", stacklevel=2)
+                    log.warning("skipping unreadable training image: %s", error)
         raise RuntimeError("no training image could be read")
 
 
