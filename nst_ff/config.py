@@ -43,13 +43,28 @@ def style_path_overrides(args: list[str]) -> list[str]:
 def register_resolvers() -> None:
     """``${project_root:}``: the repository folder (bundled styles and samples live there);
     ``${auto_precision:ACCELERATOR}``: bf16 mixed precision where the hardware is fast at it, else fp32;
-    ``${stem:NAME_OR_PATH}``: a model's name from its shipped name or file (``a/b.safetensors`` -> ``b``)."""
+    ``${model_name:NAME_OR_PATH}``: a model's name (``model_name``)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("auto_precision"):
         OmegaConf.register_new_resolver("auto_precision", auto_precision)
-    if not OmegaConf.has_resolver("stem"):
-        OmegaConf.register_new_resolver("stem", lambda name: Path(str(name)).stem)
+    if not OmegaConf.has_resolver("model_name"):
+        OmegaConf.register_new_resolver("model_name", model_name)
+
+
+def model_name(name_or_path: str) -> str:
+    """A model's name from its shipped name or file (``a/b.safetensors`` -> ``b``); a training checkpoint's is its
+    run's style (``outputs/great_wave/<run>/checkpoints/last.ckpt`` -> ``great_wave``, not ``last``). A file that
+    cannot be read is named by its stem here: loading it later says what is wrong with it."""
+    path = Path(str(name_or_path))
+    if path.suffix.lower() == ".ckpt" and path.is_file():
+        from nst_ff.export import ModelFileError, load_model
+
+        try:
+            return str(load_model(path)[1].get("style") or path.stem)
+        except ModelFileError:
+            pass
+    return path.stem
 
 
 def _hydra_message(error: Exception, config_dir: Path, config_name: str, overrides: list[str]) -> str:

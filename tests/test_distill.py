@@ -126,6 +126,13 @@ def test_bad_teacher_gives_one_line(tmp_path: Path, override: str, message: str)
     assert message in result.stderr and "Traceback" not in result.stderr
 
 
+def test_a_checkpoint_teacher_names_the_student_after_its_run_s_style(six_steps: Path) -> None:
+    teacher = six_steps / "checkpoints" / "last.ckpt"
+    with initialize_config_dir(str(CONFIG_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=[*TINY, f"teacher={teacher}"])
+    assert cfg.style.name == "starry_night_fast_fast"  # the run's style, + _fast; before: "last_fast"
+
+
 def test_a_training_checkpoint_is_a_teacher_as_its_export_is(six_steps: Path) -> None:
     # Before: "last.ckpt: the teacher's metadata lacks ['style', 'loss']; export it with train.py" (it was train.py's).
     student = DistillModule({"channels": 8, "num_res_blocks": 1}, str(six_steps / "checkpoints" / "last.ckpt"))
