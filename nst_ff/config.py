@@ -4,6 +4,7 @@ any mistake in an option into one line before a command starts."""
 from __future__ import annotations
 
 import dataclasses
+import functools
 import itertools
 import os
 import re
@@ -52,6 +53,7 @@ def register_resolvers() -> None:
         OmegaConf.register_new_resolver("model_name", model_name)
 
 
+@functools.lru_cache(maxsize=8)  # the resolver runs at each composition and resolution of one command's config
 def model_name(name_or_path: str) -> str:
     """A model's name from its shipped name or file (``a/b.safetensors`` -> ``b``); a training checkpoint's is its
     run's style (``outputs/great_wave/<run>/checkpoints/last.ckpt`` -> ``great_wave``, not ``last``). A file that

@@ -7,6 +7,7 @@ checkpoints (``.ckpt``) are read with ``torch.load(weights_only=True)`` for the 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,17 +36,17 @@ def save_model(path: str | Path, net: TransformerNet, metadata: dict[str, Any]) 
     atomic_write(path, lambda file: file.write(save(state, metadata=header)))
 
 
-def _run_record(checkpoint: dict[str, Any]) -> dict[str, Any]:
-    """What train.py's export records of a checkpoint's run (its style and loss), so that a ``.ckpt`` serves as a
-    distillation teacher as its exported model does."""
-    hparams, style = checkpoint["hyper_parameters"], checkpoint["hyper_parameters"].get("style") or {}
-    loss = hparams.get("loss")
+def run_record(hparams: Mapping[str, Any], steps: int, style_sha256: str | None) -> dict[str, Any]:
+    """How a training run (its module's ``hparams``) made its model: the style, its image and loss. An exported
+    model records it (``StyleTransferModule.export_metadata``); a ``.ckpt`` gives it back when loaded, so that it
+    serves as a distillation teacher as its export does. Empty for a run without a style and loss of its own."""
+    style, loss = hparams.get("style") or {}, hparams.get("loss")
     if not (style.get("name") and loss):
         return {}
-    record = {"style": style["name"], "loss": dict(loss), "vgg": loss.get("vgg"), "steps": checkpoint["global_step"]}
+    record = {"style": style["name"], "loss": dict(loss), "vgg": loss["vgg"], "steps": steps}
     record["vgg_weights"] = (loss.get("weights") or {}).get("source", "torchvision")
     if style.get("image"):
-        record.update(style_image=Path(style["image"]).name, style_sha256=checkpoint.get("style_sha256"))
+        record.update(style_image=Path(style["image"]).name, style_sha256=style_sha256)
     return record
 
 
@@ -57,7 +58,8 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)
             hparams = checkpoint["hyper_parameters"]
             state = {k.removeprefix("net."): v for k, v in checkpoint["state_dict"].items() if k.startswith("net.")}
-            metadata = {"checkpoint": str(path), "global_step": checkpoint["global_step"], **_run_record(checkpoint)}
+            run = run_record(hparams, checkpoint["global_step"], checkpoint.get("style_sha256"))
+            metadata = {"checkpoint": str(path), "global_step": checkpoint["global_step"], **run}
             return state, dict(hparams["net"]), metadata
         except Exception as error:
             raise ModelFileError(

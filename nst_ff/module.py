@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import time
-from pathlib import Path
 from typing import Any
 
 import pytorch_lightning as pl
@@ -20,7 +19,7 @@ from nst_ff.execution import (
     training_compile_mode,
     training_execution,
 )
-from nst_ff.export import load_model, resolve_model
+from nst_ff.export import load_model, resolve_model, run_record
 from nst_ff.files import file_sha256
 from nst_ff.net import TransformerNet
 from nst_ff.perceptual import LossTerms, PerceptualLoss
@@ -282,16 +281,9 @@ class StyleTransferModule(pl.LightningModule):
 
     def export_metadata(self) -> dict[str, Any]:
         """What an exported model records about how it was made."""
-        loss = dict(self.hparams.loss)
         return {
-            "style": self.hparams.style["name"],
-            "style_image": Path(self.hparams.style["image"]).name,
-            "style_sha256": self.style_sha256,
+            **run_record(self.hparams, int(self.global_step), self.style_sha256),
             "net": self.net.config,
-            "loss": loss,
-            "vgg": loss["vgg"],
-            "vgg_weights": (loss.get("weights") or {}).get("source", "torchvision"),
-            "steps": int(self.global_step),
             "lr": self.hparams.lr,
             "scheduler": self.hparams.scheduler,
             "warmup_steps": self.hparams.warmup_steps,
