@@ -59,6 +59,9 @@ PADDED_ENDS = "nst-ff compiled, 3-channel ends padded to 8"
 CAT_PADDING = "nst-ff eager, channels_last, reflection padding by concatenation"
 SUBPIXEL = "nst-ff compiled, sub-pixel layers"
 SUBPIXEL_EAGER = "nst-ff eager, sub-pixel layers"
+CUDA_GRAPHS = "nst-ff compiled, CUDA graphs"
+SUBPIXEL_CHANNELS_LAST = "nst-ff compiled, sub-pixel layers, channels_last"
+ALL_COMBINED = "nst-ff compiled, CUDA graphs, sub-pixel layers, channels_last"
 
 # The parts in the order they run (the unmet targets' first), with the seconds each needs to start. The loader
 # met its target (2467 crops/s on the H200) and video has none, so they come last.
@@ -242,8 +245,14 @@ class Probe:
                 # The CPUs' upsampling and output layers (2.3x and 1.7-2.1x faster there); unmeasured on CUDA.
                 runners[SUBPIXEL] = Stylizer(net, device=device, compile=True)
                 runners[SUBPIXEL_EAGER] = Stylizer(net, device=device)
-                for name in (SUBPIXEL, SUBPIXEL_EAGER):  # before their first call, whatever the device's choice
+                # Together, and with CUDA graphs (one replay instead of ~50 launches for a photo size a folder repeats).
+                runners[SUBPIXEL_CHANNELS_LAST] = Stylizer(net, device=device, compile=True, channels_last=True)
+                runners[CUDA_GRAPHS] = Stylizer(net, device=device)
+                runners[ALL_COMBINED] = Stylizer(net, device=device, channels_last=True)
+                for name in (SUBPIXEL, SUBPIXEL_EAGER, SUBPIXEL_CHANNELS_LAST, ALL_COMBINED):  # before their first call
                     replace(runners[name].execution, subpixel=True).prepare(runners[name].net)
+                for name in (CUDA_GRAPHS, ALL_COMBINED):
+                    runners[name].forward = torch.compile(runners[name].net, mode="reduce-overhead")
             image = nn.functional.interpolate(photo, size=(size, size), mode="bicubic").clamp(0, 1).to(self.device)
             outputs = {}
             for name, run in runners.items():
