@@ -19,7 +19,6 @@ styles again with the GPU recipe (gpu_fast, then checkpoints/README.md's fine-tu
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import math
 import re
@@ -48,20 +47,20 @@ from benchmarks.report import machine  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
 from nst_ff.export import load_model  # noqa: E402
 from nst_ff.images import load_image, to_float  # noqa: E402
-from nst_ff.net import reflect_by_slices  # noqa: E402
 from nst_ff.perceptual import PerceptualLoss  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
 
 SHIPPED = ROOT / "checkpoints" / "starry_night.safetensors"
 VGG_FILE = "vgg16_conv4_3_fp16.safetensors"
 VGG_CHANNELS_LAST = "nst-ff compiled, VGG channels_last"
-PADDED_ENDS = "nst-ff compiled, 3-channel ends padded to 8"
-CAT_PADDING = "nst-ff eager, channels_last, reflection padding by concatenation"
 SUBPIXEL = "nst-ff compiled, sub-pixel layers"
-SUBPIXEL_EAGER = "nst-ff eager, sub-pixel layers"
-CUDA_GRAPHS = "nst-ff compiled, CUDA graphs"
-SUBPIXEL_CHANNELS_LAST = "nst-ff compiled, sub-pixel layers, channels_last"
-ALL_COMBINED = "nst-ff compiled, CUDA graphs, sub-pixel layers, channels_last"
+# At 1024 px, the defaults (eager: channels_last, padding by slices; compiled: also the sub-pixel layers and CUDA
+# graphs) against one choice changed each, and an unmeasured combination.
+NCHW_EAGER = "nst-ff eager, NCHW with torch's norm (the default before 2026-11-28)"
+EAGER_SUBPIXEL = "nst-ff eager, sub-pixel layers"
+EAGER_AUTOTUNED = "nst-ff eager, cudnn autotuning"
+COMPILED_NCHW = "nst-ff compiled, NCHW"
+COMPILED_NO_GRAPHS = "nst-ff compiled, no CUDA graphs"
 
 # The parts in the order they run (the unmet targets' first), with the seconds each needs to start. The loader
 # met its target (2467 crops/s on the H200) and video has none, so they come last.
@@ -235,28 +234,22 @@ class Probe:
             # compiled network for all sizes recompiles with dynamic shapes at the second: 8.7 ms, not 3.3.)
             torch._dynamo.reset()
             runners = {**eager, "nst-ff compiled": Stylizer(net, device=device, compile=True)}
-            # Compiled, the padding is generated code: NCHW's reason may not hold (tried at 1024 on the GPU).
             if size == self.setup["sizes"][1]:
-                channels_last = Stylizer(net, device=device, compile=True, channels_last=True)
-                runners["nst-ff compiled, channels_last"] = channels_last
-                runners[PADDED_ENDS] = Stylizer(padded_ends(net), device=device, compile=True)
-                # Eager, which folders of a few hundred photos run (compiling does not repay itself there).
-                runners[CAT_PADDING] = Stylizer(cat_padded(net), device=device, channels_last=True)
-                # The CPUs' upsampling and output layers (2.3x and 1.7-2.1x faster there); unmeasured on CUDA.
-                runners[SUBPIXEL] = Stylizer(net, device=device, compile=True)
-                runners[SUBPIXEL_EAGER] = Stylizer(net, device=device)
-                # Together, and with CUDA graphs (one replay instead of ~50 launches for a photo size a folder repeats).
-                runners[SUBPIXEL_CHANNELS_LAST] = Stylizer(net, device=device, compile=True, channels_last=True)
-                runners[CUDA_GRAPHS] = Stylizer(net, device=device)
-                runners[ALL_COMBINED] = Stylizer(net, device=device, channels_last=True)
-                for name in (SUBPIXEL, SUBPIXEL_EAGER, SUBPIXEL_CHANNELS_LAST, ALL_COMBINED):  # before their first call
-                    replace(runners[name].execution, subpixel=True).prepare(runners[name].net)
-                for name in (CUDA_GRAPHS, ALL_COMBINED):
-                    runners[name].forward = torch.compile(runners[name].net, mode="reduce-overhead")
+                runners[NCHW_EAGER] = Stylizer(net, device=device, channels_last=False)
+                runners[EAGER_SUBPIXEL] = Stylizer(net, device=device)
+                replace(runners[EAGER_SUBPIXEL].execution, subpixel=True).prepare(runners[EAGER_SUBPIXEL].net)
+                runners[EAGER_AUTOTUNED] = Stylizer(net, device=device)
+                runners[EAGER_AUTOTUNED].execution = replace(runners[EAGER_AUTOTUNED].execution, autotune=True)
+                runners[COMPILED_NCHW] = Stylizer(net, device=device, compile=True, channels_last=False)
+                no_graphs = runners[COMPILED_NO_GRAPHS] = Stylizer(net, device=device, compile=True)
+                no_graphs.forward, no_graphs.cuda_graphs = torch.compile(no_graphs.net), False
             image = nn.functional.interpolate(photo, size=(size, size), mode="bicubic").clamp(0, 1).to(self.device)
             outputs = {}
             for name, run in runners.items():
                 self.fresh()
+                # cudnn autotuning is process-wide: each runner's own setting (the reference's as measured before).
+                execution = getattr(run, "execution", None)
+                torch.backends.cudnn.benchmark = self.device.type == "cuda" and (not execution or execution.autotune)
                 with torch.inference_mode():
                     result = self.timed(lambda run=run, image=image: run(image), self.setup["infer_repeats"])
                     outputs[name] = run(image).float()
@@ -380,21 +373,20 @@ class Probe:
         # In this process, the folder's two halves (benchmarks/bench_folder.py): which one bounds a run.
         halves = {}
         net, _ = load_model(SHIPPED)
-        # Without cudnn's autotuning too: a single run of 100 photos pays for it once per batch shape, and its
-        # first-run figure says whether that costs more than the tuned kernels save.
+        # With cudnn's autotuning too (compiled jobs only by default): a single run of 100 photos pays for it once per
+        # batch shape, and its first-run figure says whether that costs more than the tuned kernels save.
         halves_run = (
-            ("host side alone (identity network)", nn.Identity(), True),
-            ("starry_night eager", net, True),
-            ("starry_night eager, cudnn autotuning off", net, False),
+            ("host side alone (identity network)", nn.Identity(), False),
+            ("starry_night eager", net, False),
+            ("starry_night eager, cudnn autotuning on", net, True),
         )
         for label, stylized, autotune in halves_run:
-            if self.left() < 30 or (not autotune and self.device.type != "cuda"):
+            if self.left() < 30 or (autotune and self.device.type != "cuda"):
                 break
             stylizer = Stylizer(stylized, device=str(self.device))
-            torch.backends.cudnn.benchmark = autotune and self.device.type == "cuda"
+            torch.backends.cudnn.benchmark = autotune
             first, warm = folder_images_per_s(stylizer, folder, self.work / "styled_halves")
             halves[label] = {"images_per_s": warm, "images_per_s_first_run": first}
-        torch.backends.cudnn.benchmark = self.device.type == "cuda"  # as every Stylizer on CUDA sets it
         stages = stage_table(folder, self.work / "styled_stages", self.device) if self.left() > 20 else []
         return {"photos": f"{count} JPEGs of {size}x{size}", "runs": runs, "in_process": halves, "host_stages": stages}
 
@@ -589,58 +581,6 @@ def kernel_table(run: Callable[[torch.Tensor], torch.Tensor], image: torch.Tenso
         }
     )
     return rows
-
-
-class ChannelPadded(nn.Module):
-    """``conv`` with its input and output channels zero-padded to multiples of 8, the same function: the
-    network's first and last 9x9 convolutions (3 channels in, 3 out; 10% of its arithmetic at any size) in a
-    shape that tensor-core kernels take."""
-
-    def __init__(self, conv: nn.Conv2d, multiple: int = 8) -> None:
-        super().__init__()
-        self.in_pad, self.out_channels = -conv.in_channels % multiple, conv.out_channels
-        out_pad = -conv.out_channels % multiple
-        channels = (conv.in_channels + self.in_pad, conv.out_channels + out_pad)
-        self.conv = nn.Conv2d(*channels, conv.kernel_size, conv.stride)
-        with torch.no_grad():
-            self.conv.weight.copy_(nn.functional.pad(conv.weight, (0, 0, 0, 0, 0, self.in_pad, 0, out_pad)))
-            self.conv.bias.copy_(nn.functional.pad(conv.bias, (0, out_pad)))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.conv(nn.functional.pad(x, (0, 0, 0, 0, 0, self.in_pad)))[:, : self.out_channels]
-
-
-def padded_ends(net: nn.Module) -> nn.Module:
-    """A copy of the TransformerNet ``net`` whose first and last convolutions are ``ChannelPadded`` (the last layer
-    a plain padded convolution, which its sub-pixel form would not be)."""
-    padded = copy.deepcopy(net)
-    padded.body[0][1] = ChannelPadded(padded.body[0][1])
-    pad, conv = padded.body[-1]
-    padded.body[-1] = nn.Sequential(pad, ChannelPadded(conv))
-    return padded
-
-
-class CatReflectionPad(nn.Module):
-    """Reflection padding built from flipped slices and concatenations, which keep channels_last: CUDA's
-    reflection_pad2d writes NCHW only, so a channels_last network converts back and forth around every padded
-    convolution, and cudnn takes NCHW into its tensor-core kernels with transposes of its own."""
-
-    def __init__(self, pad: int) -> None:
-        super().__init__()
-        self.pad = pad
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return reflect_by_slices(x, self.pad)
-
-
-def cat_padded(net: nn.Module) -> nn.Module:
-    """A copy of ``net`` with ``CatReflectionPad`` in place of each nn.ReflectionPad2d."""
-    padded = copy.deepcopy(net)
-    for module in list(padded.modules()):
-        for name, child in module.named_children():
-            if isinstance(child, nn.ReflectionPad2d):
-                setattr(module, name, CatReflectionPad(child.padding[0]))
-    return padded
 
 
 def psnr(a: torch.Tensor, b: torch.Tensor) -> float:

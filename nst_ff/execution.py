@@ -2,14 +2,16 @@
 where the execution choices are made. ``nst_ff.device`` says which device and precision; this module
 says how to use them.
 
-- CUDA: NCHW, because CUDA's reflection padding only writes NCHW and a channels_last network is
-  converted back and forth at every padded convolution; torch's fused instance-norm kernel instead of
-  the scale-and-shift form (about eleven small kernels); inference weights converted to fp16 once
-  (autocast re-casts every weight on every call); training under Lightning's bf16 autocast with a
-  compiled step, since a 256 px step is launch-bound (hundreds of small kernels) and compiling fuses
-  them. Measured on one H200 (issue 11): 1024 px inference 8.9 ms fp32 NCHW, 14.3 ms fp16 autocast +
-  channels_last, 7.7 ms fp16 weights NCHW, 3.4 ms compiled; a batch-4 training step 31.2 ms bf16
-  eager, 14.3 ms compiled.
+- CUDA inference: fp16 weights converted once (autocast re-casts every weight on every call) in channels_last,
+  with reflection padding built from slices (CUDA's reflection_pad2d writes NCHW only, so a channels_last
+  network would be converted back and forth at every padded convolution); compiled, also the sub-pixel
+  layers and CUDA graphs (``compile_mode``); cudnn autotuning only where compiled (``Execution.autotune``).
+  One H200, 1024 px, fp16 (benchmarks/results/gpu_probe_nvidia_h200.json): eager NCHW with torch's
+  instance norm 10.1 ms, channels_last with padding by slices 6.33; compiled NCHW 3.30, with the sub-pixel
+  layers 2.79, and with CUDA graphs and channels_last too 2.42 (the reference execution 8.68).
+- CUDA training: NCHW with torch's fused instance-norm kernel (the scale-and-shift form is about eleven small
+  kernels), Lightning's bf16 autocast, a compiled step with CUDA graphs, since a 256 px step is
+  launch-bound (hundreds of small kernels): a batch-4 step 20.6 ms eager, 9.9 ms compiled (H200).
 - CPU: channels_last with the scale-and-shift InstanceNorm (aten's kernel converts channels_last to
   contiguous and back), bf16 only where the CPU has native bf16 instructions (``resolve_dtype``), and the
   full-resolution layers in their sub-pixel forms (``_subpixel_layers``).
@@ -30,14 +32,16 @@ from torch import nn
 
 from nst_ff.device import resolve_dtype
 from nst_ff.errors import UserError
-from nst_ff.net import InstanceNorm, OutputLayer, Upsample
+from nst_ff.net import InstanceNorm, OutputLayer, ReflectionPad, Upsample
 
 COMPILE_SETTINGS = (True, False, "auto")
 
 # When compiling pays off within one job: (seconds a compilation costs, seconds it saves per unit of
-# work). Inference counts megapixels, training counts steps. CUDA: one H200 (benchmarks/gpu_probe.sh and
-# its A/B, torch 2.11): compiling the fp16 network with static shapes took 10 s and cut 1024 px from 10.1
-# to 3.3 ms; the batch-4 training step took 52 s to compile and went from 20.6 to 9.9 ms (bf16). CPUs never
+# work). Inference counts megapixels, training counts steps. CUDA: one H200 (benchmarks/gpu_probe.sh, torch
+# 2.11): infer.py on 100 photos of 1024 px took 32.0 s compiled against 7.1 s eager (21.1 s with the compile
+# cache warm), so a compilation costs ~25 s; compiled, the network's 6.33 ms per megapixel fall to 2.42, but a
+# folder is then bound by decoding and encoding (247 images/s with no network at all), which leaves ~2.3 ms
+# saved per megapixel. The batch-4 training step took 52 s to compile and went from 20.6 to 9.9 ms (bf16). CPUs never
 # compile on auto. With AVX-512 compiling saves too little to repay itself in any job: 2-core EPYC with
 # AVX512-BF16, 1024 px, ~10 s to compile: with the sub-pixel layers (two threads, bf16) full network 0.361 ->
 # 0.360 s, fast 0.102 -> 0.101 s. An AVX2-only EPYC once gained 1.3x (1024 px, 3.68 -> 2.84 s, fp32, 13 to 66 s
@@ -50,7 +54,7 @@ COMPILE_SETTINGS = (True, False, "auto")
 # eager; bench_train.py --compile), and with the current style loss saves 3% (0.245 against 0.252 s) after
 # 58 s of compiling: 8000 steps to repay it. A warm compile cache (``compile_cache_dir``) makes later
 # compilations several times cheaper; these thresholds assume a cold one.
-_INFERENCE_COMPILE = {"cuda": (10.0, 0.0065)}
+_INFERENCE_COMPILE = {"cuda": (25.0, 0.0023)}
 _TRAINING_COMPILE = {"cuda": (52.0, 0.0107)}
 
 
@@ -59,13 +63,17 @@ class Execution:
     """``dtype``: the network's weights and activations (None: float32; training leaves precision to
     Lightning's autocast); ``channels_last``: memory format; ``fused_norm``: torch's instance-norm
     kernel instead of the channels_last-friendly one; ``subpixel``: the upsampling and output layers
-    computed by pixel phase (``nst_ff.net.Upsample``, ``nst_ff.net.OutputLayer``)."""
+    computed by pixel phase (``nst_ff.net.Upsample``, ``nst_ff.net.OutputLayer``); ``slice_padding``:
+    reflection padding from slices (``nst_ff.net.ReflectionPad``); ``autotune``: cudnn times the kernels for
+    each new shape first (``torch.backends.cudnn.benchmark``, CUDA; None leaves the setting alone)."""
 
     device: torch.device
     dtype: torch.dtype | None = None
     channels_last: bool = False
     fused_norm: bool = True
     subpixel: bool = False
+    slice_padding: bool = False
+    autotune: bool | None = None
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -78,6 +86,10 @@ class Execution:
                 module.fused = self.fused_norm
             elif isinstance(module, (Upsample, OutputLayer)):
                 module.subpixel = self.subpixel
+            elif isinstance(module, ReflectionPad):
+                module.by_slices = self.slice_padding
+        if self.device.type == "cuda" and self.autotune is not None:
+            torch.backends.cudnn.benchmark = self.autotune
         return net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
@@ -91,16 +103,22 @@ class Execution:
             device += f" ({torch.cuda.get_device_name(self.device)})"
         dtype = {torch.float16: "fp16", torch.bfloat16: "bf16"}.get(self.dtype, "fp32")
         norm = "torch's instance norm" if self.fused_norm else "scale-and-shift instance norm"
-        subpixel = ", sub-pixel layers" if self.subpixel else ""
-        return f"{device}, {dtype} weights, {'channels_last' if self.channels_last else 'NCHW'}, {norm}{subpixel}"
+        forms = [", sub-pixel layers"] * self.subpixel + [", padding by slices"] * self.slice_padding
+        layout = "channels_last" if self.channels_last else "NCHW"
+        return f"{device}, {dtype} weights, {layout}, {norm}{''.join(forms)}"
 
 
-def _device_choices(device: torch.device, channels_last: bool | None) -> dict[str, bool]:
-    channels_last = device.type != "cuda" if channels_last is None else channels_last
-    return {"channels_last": channels_last, "fused_norm": not channels_last, "subpixel": _subpixel_layers(device)}
+def _layout_choices(device: torch.device, channels_last: bool) -> dict[str, bool]:
+    """What follows from the layout: our norm for channels_last, torch's kernel for NCHW; on CUDA, channels_last
+    padding by slices."""
+    return {
+        "channels_last": channels_last,
+        "fused_norm": not channels_last,
+        "slice_padding": channels_last and device.type == "cuda",
+    }
 
 
-def _subpixel_layers(device: torch.device) -> bool:
+def _subpixel_layers(device: torch.device, compiled: bool) -> bool:
     """Whether the full-resolution layers run by pixel phase, the same functions in fewer or fuller operations:
     the upsampling layers as transposed convolutions (``nst_ff.net.Upsample``: 16 multiply-adds per input
     pixel instead of 36, no upsampled copy) and the 3-channel output convolution on 2x2 pixel blocks
@@ -109,21 +127,29 @@ def _subpixel_layers(device: torch.device) -> bool:
     layer 79 ms instead of 188 and 39 instead of 94; the whole network 1.00 -> 0.76 s in fp32 and 0.50 -> 0.39 s
     in bf16, the fast one 0.27 -> 0.18 s and 0.15 -> 0.10 s; with oneDNN and aten held to AVX2
     (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``, fp32) 1.60 -> 1.34 s and 0.35 -> 0.26 s. A training
-    step (batch 4, 256 px, bf16): unchanged (the VGG is most of it). Other devices are unmeasured:
-    ``benchmarks/gpu_probe.py`` compares both forms on CUDA."""
-    return device.type == "cpu"
+    step (batch 4, 256 px, bf16): unchanged (the VGG is most of it). CUDA (H200, 1024 px, fp16): compiled
+    3.30 -> 2.79 ms, eager unchanged (10.1 and 10.2 ms), training unmeasured."""
+    return device.type == "cpu" or (device.type == "cuda" and compiled)
 
 
-def inference_execution(device: torch.device, precision: str = "auto", channels_last: bool | None = None) -> Execution:
-    """Weights converted once to ``resolve_dtype(device, precision)``; ``channels_last`` None: the
-    device's fastest layout."""
-    return Execution(device, resolve_dtype(device, precision), **_device_choices(device, channels_last))
+def inference_execution(
+    device: torch.device, precision: str = "auto", channels_last: bool | None = None, compiled: bool = False
+) -> Execution:
+    """Weights converted once to ``resolve_dtype(device, precision)``; ``channels_last`` None: channels_last,
+    the fastest layout measured on CPUs and on CUDA; ``compiled``: the network will run under torch.compile."""
+    layout = _layout_choices(device, True if channels_last is None else channels_last)
+    # cudnn autotuning repays itself only in long jobs, the compiled ones: a 100-photo folder run at 1024 px
+    # (H200, eager, NCHW) went at 55 images/s with it against 135 without, and 135 against 141 warm.
+    dtype = resolve_dtype(device, precision)
+    return Execution(device, dtype, subpixel=_subpixel_layers(device, compiled), autotune=compiled, **layout)
 
 
 def training_execution(device: torch.device, channels_last: bool | None = None) -> Execution:
-    """float32 weights (Lightning's precision plugin autocasts); ``channels_last`` None: the device's
-    fastest layout. The optimizer is fused on CUDA (``fused_optimizer``)."""
-    return Execution(device, None, **_device_choices(device, channels_last))
+    """float32 weights (Lightning's precision plugin autocasts); ``channels_last`` None: NCHW on CUDA (measured
+    with torch's norm kernel; channels_last training there is unmeasured), channels_last elsewhere. The
+    optimizer is fused on CUDA (``fused_optimizer``); cudnn autotuning is the trainer's (``trainer.benchmark``)."""
+    layout = _layout_choices(device, device.type != "cuda" if channels_last is None else channels_last)
+    return Execution(device, None, subpixel=_subpixel_layers(device, compiled=False), **layout)
 
 
 def batch_pixels(device: torch.device) -> int:
@@ -176,9 +202,10 @@ def compile_training(setting: bool | str, device: torch.device, steps: int) -> b
     return _compile(setting, "model.compile", _TRAINING_COMPILE, device, steps)
 
 
-def training_compile_mode(device: torch.device, mode: str = "auto") -> str:
-    """``auto``: CUDA graphs on CUDA (training runs one fixed crop size, so one graph is replayed for
-    every step, without relaunching each kernel), inductor's default elsewhere."""
+def compile_mode(device: torch.device, mode: str = "auto") -> str:
+    """torch.compile's mode; ``auto``: CUDA graphs on CUDA (a training run's one crop size, a folder's photo
+    size: one graph replayed instead of ~50 kernel launches per network pass; 1024 px inference with the
+    sub-pixel layers and channels_last 2.91 -> 2.42 ms on an H200), inductor's default elsewhere."""
     if mode != "auto":
         return mode
     return "reduce-overhead" if device.type == "cuda" else "default"

@@ -13,10 +13,10 @@ from torchvision.utils import make_grid
 
 from nst_ff.errors import UserError
 from nst_ff.execution import (
+    compile_mode,
     compile_training,
     compiled,
     fused_optimizer,
-    training_compile_mode,
     training_execution,
 )
 from nst_ff.export import load_model, resolve_model, run_record
@@ -139,7 +139,7 @@ class StyleTransferModule(pl.LightningModule):
         self.execution.prepare(self.net)
         steps = self.trainer.max_steps if self._trainer is not None else 0
         if compile_training(self.hparams.compile, device, steps):
-            self.compile_mode = training_compile_mode(device, self.hparams.compile_mode)
+            self.compile_mode = compile_mode(device, self.hparams.compile_mode)
             self._train_loss = compiled(self.training_loss, mode=self.compile_mode, dynamic=False)
         if self._trainer is not None and self.trainer.is_global_zero:
             log.info("%s", self.describe_run(str(self.trainer.precision)))

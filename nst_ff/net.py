@@ -53,6 +53,20 @@ class InstanceNorm(nn.InstanceNorm2d):
         return x * scale.to(x.dtype) + shift.to(x.dtype)
 
 
+class ReflectionPad(nn.ReflectionPad2d):
+    """nn.ReflectionPad2d; ``by_slices`` (set by ``nst_ff.execution``) builds the same padding from flipped slices
+    and concatenations (``reflect_by_slices``), which keep channels_last: CUDA's reflection_pad2d writes NCHW
+    only, so a channels_last network is converted back and forth around every padded convolution. Compiled,
+    the compiler generates the padding itself, fused into the convolution's input."""
+
+    by_slices: bool = False
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.by_slices and not torch.compiler.is_compiling():
+            return reflect_by_slices(x, self.padding[0])
+        return super().forward(x)
+
+
 def _norm(kind: str, channels: int) -> nn.Module:
     if kind == "instance":
         return InstanceNorm(channels, affine=True)
@@ -84,7 +98,7 @@ class ConvLayer(nn.Sequential):
             if separable
             else [nn.Conv2d(cin, cout, kernel, stride)]
         )
-        layers: list[nn.Module] = [nn.ReflectionPad2d(kernel // 2), *conv]
+        layers: list[nn.Module] = [ReflectionPad(kernel // 2), *conv]
         if norm != "none":
             layers.append(_norm(norm, cout))
         if relu:

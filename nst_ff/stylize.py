@@ -15,7 +15,7 @@ from PIL import Image
 
 from nst_ff.color import preserve_colors
 from nst_ff.device import keep_freed_memory, resolve_device
-from nst_ff.execution import compiled, inference_execution, tile_above_pixels
+from nst_ff.execution import compile_mode, compiled, inference_execution, tile_above_pixels
 from nst_ff.export import load_model, resolve_model
 from nst_ff.images import Picture, decode, long_side_size, resize, to_pil
 from nst_ff.net import TransformerNet
@@ -40,9 +40,9 @@ class Stylizer:
     ...)`` does the same for a PIL image or tensors with the user-facing options. How the network runs
     is chosen for the device by ``nst_ff.execution.inference_execution``: weights converted once to the
     fastest precision that keeps outputs close to fp32 (``resolve_dtype``), the device's fastest memory
-    layout (``channels_last=None``; True or False forces one), inference mode, cudnn autotuning on CUDA.
-    The Stylizer works on its own copy of ``net``. ``compile=True`` adds torch.compile (static shapes first,
-    dynamic once a second size comes; ``nst_ff.execution.compile_inference`` says when it pays off); compiled
+    layout (``channels_last=None``; True or False forces one), inference mode. The Stylizer works on its own
+    copy of ``net``. ``compile=True`` adds torch.compile (static shapes first, dynamic once a second size
+    comes; CUDA graphs on CUDA; ``nst_ff.execution.compile_inference`` says when it pays off); compiled
     or on CUDA, a batch shorter than one its image shape already ran as is padded to that size;
     ``fast_allocator`` keeps freed memory for reuse on CPU (``nst_ff.device.keep_freed_memory``).
     Images of more than ``tile_above`` pixels (``auto``: the device's memory policy,
@@ -62,16 +62,17 @@ class Stylizer:
         tile_overlap: int = 64,
     ) -> None:
         self.device = resolve_device(device)
-        self.execution = inference_execution(self.device, precision, channels_last)
+        self.execution = inference_execution(self.device, precision, channels_last, compiled=compile)
         self.dtype = self.execution.dtype
         self.net = self.execution.prepare(copy.deepcopy(net).eval())
-        if self.device.type == "cuda":
-            torch.backends.cudnn.benchmark = True
-        elif self.device.type == "cpu" and fast_allocator:
+        if self.device.type == "cpu" and fast_allocator:
             keep_freed_memory()
         # Shapes start static: on an H200 a static graph ran 1024x1024 in 3.3 ms where dynamic=True took 8.7 ms
         # (eager 10.1) and compiled in 10 s instead of 36. A second size recompiles once, with dynamic shapes.
-        self.forward = compiled(self.net) if compile else self.net
+        mode = compile_mode(self.device)
+        self.forward = compiled(self.net, mode=mode) if compile else self.net
+        # CUDA graphs write every call's output into the same memory: each result is copied out before the next.
+        self.cuda_graphs = compile and mode == "reduce-overhead"
         # A batch shorter than one its image shape already ran as is padded to that size, so that a compiled
         # network runs a shape it has compiled (not a recompilation: 36 s with dynamic shapes on an H200) and
         # cudnn one it has autotuned: a folder's or a video's last batch. Elsewhere padding only costs time.
@@ -96,6 +97,9 @@ class Stylizer:
             full = self._batch_sizes[shape] = max(count, self._batch_sizes.get(shape, 0))
             if full > count:
                 images = torch.cat([images, images[-1:].expand(full - count, -1, -1, -1)])
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+            return self.forward(self.execution.inputs(images))[:count].clone()
         return self.forward(self.execution.inputs(images))[:count]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:

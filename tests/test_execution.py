@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -22,15 +23,15 @@ from nst_ff.execution import (
     Execution,
     compile_cache_dir,
     compile_inference,
+    compile_mode,
     compile_training,
     fused_optimizer,
     inference_execution,
-    training_compile_mode,
     training_execution,
 )
 from nst_ff.images import load_image
 from nst_ff.module import StyleTransferModule
-from nst_ff.net import InstanceNorm, OutputLayer, TransformerNet, Upsample
+from nst_ff.net import InstanceNorm, OutputLayer, ReflectionPad, TransformerNet, Upsample
 from nst_ff.paths import CONFIG_DIR
 from tests.conftest import SAMPLES, STYLE
 
@@ -53,14 +54,19 @@ def net() -> TransformerNet:
     return net
 
 
-def test_cuda_runs_nchw_fp16_weights_and_torchs_norm() -> None:
+def test_cuda_infers_channels_last_fp16_and_trains_nchw_with_torchs_norm() -> None:
     inference = inference_execution(CUDA, "auto")
-    assert inference == Execution(CUDA, torch.float16, channels_last=False, fused_norm=True, subpixel=False)
+    assert inference == Execution(CUDA, torch.float16, True, fused_norm=False, slice_padding=True, autotune=False)
+    # Compiled: the sub-pixel layers too, and cudnn autotuning, which a long job repays.
+    assert inference_execution(CUDA, compiled=True) == replace(inference, subpixel=True, autotune=True)
     assert inference_execution(CUDA, "fp32").dtype is None
+    nchw = inference_execution(CUDA, channels_last=False)
+    assert nchw.fused_norm and not nchw.slice_padding  # torch's kernels for NCHW: its padding writes NCHW
     training = training_execution(CUDA)
     assert training == Execution(CUDA, None, channels_last=False, fused_norm=True, subpixel=False)  # autocast
+    assert training.autotune is None  # the trainer's setting (trainer.benchmark)
     assert fused_optimizer(CUDA) and not fused_optimizer(CPU)
-    assert training_compile_mode(CUDA) == "reduce-overhead" and training_compile_mode(CUDA, "default") == "default"
+    assert compile_mode(CUDA) == "reduce-overhead" and compile_mode(CUDA, "default") == "default"
 
 
 @pytest.mark.parametrize("native_bf16", [True, False])
@@ -68,9 +74,10 @@ def test_cpu_keeps_channels_last_and_bf16_only_where_native(monkeypatch: pytest.
     monkeypatch.setattr(nst_ff.device, "cpu_has_fast_bf16", lambda: native_bf16)
     inference = inference_execution(CPU, "auto")
     dtype = torch.bfloat16 if native_bf16 else None
-    assert inference == Execution(CPU, dtype, channels_last=True, fused_norm=False, subpixel=True)
+    assert inference == Execution(CPU, dtype, channels_last=True, fused_norm=False, subpixel=True, autotune=False)
+    assert not inference.slice_padding  # the CPU's reflection padding keeps channels_last
     assert training_execution(CPU) == Execution(CPU, None, channels_last=True, fused_norm=False, subpixel=True)
-    assert training_compile_mode(CPU) == "default"
+    assert compile_mode(CPU) == "default"
     # Forcing NCHW switches to torch's own norm kernel, on any device.
     assert inference_execution(CPU, "fp32", channels_last=False).fused_norm
 
@@ -78,15 +85,22 @@ def test_cpu_keeps_channels_last_and_bf16_only_where_native(monkeypatch: pytest.
 def test_prepare_converts_once_and_the_forms_agree(net: TransformerNet) -> None:
     photo = load_image(SAMPLES / "rocket.jpg")[..., :96, :130]
     results = []
-    for execution in (Execution(CPU, None, True, False, True), Execution(CPU, None, False, True, False)):
+    forms = (
+        Execution(CPU, None, True, False, True),
+        Execution(CPU, None, False, True, False),
+        Execution(CPU, None, True, False, False, slice_padding=True),  # CUDA's eager form, here on the CPU
+    )
+    for execution in forms:
         prepared = execution.prepare(TransformerNet(**net.config).eval())
         prepared.load_state_dict(net.state_dict())
         assert all(m.fused == execution.fused_norm for m in prepared.modules() if isinstance(m, InstanceNorm))
         phased = [m for m in prepared.modules() if isinstance(m, (Upsample, OutputLayer))]
         assert len(phased) == 3 and all(m.subpixel == execution.subpixel for m in phased)
+        pads = [m for m in prepared.modules() if isinstance(m, ReflectionPad)]
+        assert len(pads) == 8 and all(m.by_slices == execution.slice_padding for m in pads)
         with torch.inference_mode():
             results.append(prepared(execution.inputs(photo)))
-    assert torch.allclose(results[0], results[1], atol=1e-5)
+    assert torch.allclose(results[0], results[1], atol=1e-5) and torch.allclose(results[2], results[1], atol=1e-5)
     half = Execution(CPU, torch.bfloat16, channels_last=True, fused_norm=False, subpixel=True)  # bf16 CPUs' path
     prepared = half.prepare(TransformerNet(**net.config).eval())
     prepared.load_state_dict(net.state_dict())
@@ -99,11 +113,11 @@ def test_prepare_converts_once_and_the_forms_agree(net: TransformerNet) -> None:
 def test_describe_names_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake H100")
     line = inference_execution(CUDA).describe()
-    assert line == "cuda (Fake H100), fp16 weights, NCHW, torch's instance norm"
+    assert line == "cuda (Fake H100), fp16 weights, channels_last, scale-and-shift instance norm, padding by slices"
 
 
 def test_compile_auto_pays_off_only_for_big_jobs() -> None:
-    assert not compile_inference("auto", CUDA, megapixels=100) and compile_inference("auto", CUDA, 10_000)
+    assert not compile_inference("auto", CUDA, megapixels=100) and compile_inference("auto", CUDA, 20_000)
     assert not compile_inference("auto", CPU, megapixels=10**6)  # compiled equals eager on CPUs
     assert compile_inference(True, CPU, 0) and not compile_inference(False, CUDA, 1e9)
     assert compile_training("auto", CUDA, steps=40_000) and not compile_training("auto", CUDA, steps=100)
