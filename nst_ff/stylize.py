@@ -42,8 +42,8 @@ class Stylizer:
     fastest precision that keeps outputs close to fp32 (``resolve_dtype``), the device's fastest memory
     layout (``channels_last=None``; True or False forces one), inference mode. The Stylizer works on its own
     copy of ``net``. ``compile=True`` adds torch.compile (static shapes first, dynamic once a second size
-    comes; CUDA graphs on CUDA; ``nst_ff.execution.compile_inference`` says when it pays off); compiled
-    or on CUDA, a batch shorter than one its image shape already ran as is padded to that size;
+    comes; CUDA graphs on CUDA; ``nst_ff.execution.compile_inference`` says when it pays off); compiled,
+    a batch shorter than one its image shape already ran as is padded to that size;
     ``fast_allocator`` keeps freed memory for reuse on CPU (``nst_ff.device.keep_freed_memory``).
     Images of more than ``tile_above`` pixels (``auto``: the device's memory policy,
     ``nst_ff.execution.tile_above_pixels``) are stylised in tiles (``nst_ff.tiling``).
@@ -75,8 +75,9 @@ class Stylizer:
         self.cuda_graphs = compile and mode == "reduce-overhead"
         # A batch shorter than one its image shape already ran as is padded to that size, so that a compiled
         # network runs a shape it has compiled (not a recompilation: 36 s with dynamic shapes on an H200) and
-        # cudnn one it has autotuned: a folder's or a video's last batch. Elsewhere padding only costs time.
-        self.pad_short_batches = compile or self.device.type == "cuda"
+        # cudnn one it has autotuned (compiled jobs only): a folder's or a video's last batch. Eager, padding
+        # only costs time.
+        self.pad_short_batches = compile
         self._batch_sizes: dict[torch.Size, int] = {}  # image shape -> the largest batch it ran as
         # Tiles share statistics through TransformerNet's InstanceNorm modules; a net without them (an ONNX
         # export run by onnxruntime) stylises whole images.

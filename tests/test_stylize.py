@@ -298,10 +298,10 @@ def test_stylize_returns_every_image_of_a_batch(net: TransformerNet, photo: torc
 
 
 def test_a_short_batch_runs_padded_to_the_size_its_shape_ran_as(net: TransformerNet, photo: torch.Tensor) -> None:
-    """What a compiled or CUDA Stylizer does (forced here): a folder's or video's last batch reuses the shape
+    """What a compiled Stylizer does (forced here): a folder's or video's last batch reuses the shape
     that was compiled and autotuned, and returns only its own images, unchanged by the padding."""
     stylizer = Stylizer(net, precision="fp32")
-    assert not stylizer.pad_short_batches  # eager on the CPU: padding would only cost time
+    assert not stylizer.pad_short_batches  # eager: padding would only cost time
     stylizer.pad_short_batches = True
     sizes = []
     network = stylizer.forward
