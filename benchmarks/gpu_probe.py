@@ -55,6 +55,12 @@ SHIPPED = ROOT / "checkpoints" / "starry_night.safetensors"
 VGG_FILE = "vgg16_conv4_3_fp16.safetensors"
 VGG_CHANNELS_LAST = "nst-ff compiled, VGG channels_last"
 SUBPIXEL = "nst-ff compiled, sub-pixel layers"
+# The training steps: reference, eager and compiled, and at one batch size two variants. Most of a step is the VGG
+# (~85 of ~145 GFLOP per 256 px crop: the output's forward and backward, the content pass): its convolutions have
+# no reflection padding, so NCHW's reason does not hold for them, and tensor cores want NHWC. Then the network's
+# full-resolution layers in the CPUs' sub-pixel forms.
+STEP_CONFIGS = ["reference (eager fp32 NCHW, nn.InstanceNorm2d)", "nst-ff eager", "nst-ff compiled"]
+STEP_VARIANTS = [*STEP_CONFIGS, VGG_CHANNELS_LAST, SUBPIXEL]
 # At 1024 px, the defaults (eager: channels_last, padding by slices; compiled: also the sub-pixel layers and CUDA
 # graphs) against one choice changed each, and an unmeasured combination.
 NCHW_EAGER = "nst-ff eager, NCHW with torch's norm (the default before 2026-11-28)"
@@ -77,9 +83,8 @@ SHIPPED_STYLES = {"starry_night": 6e7, "great_wave": 1.2e8, "the_scream": 6e7, "
 GPU = {
     "sizes": [512, 1024, 2048, 4096],
     "infer_repeats": 10,
-    # Batch 32 toward 1000 images/s, compiled only; the variants at batch 16.
-    "batches": [4, 16, 32],
-    "variant_batch": 16,
+    # Batch size -> configurations; batch 32 toward 1000 images/s, compiled only.
+    "batches": {4: STEP_CONFIGS, 16: STEP_VARIANTS, 32: ["nst-ff compiled"]},
     "crop": 256,
     "step_repeats": 20,
     "folder": (100, 1024),
@@ -122,8 +127,7 @@ GPU = {
 SMOKE = {
     "sizes": [32, 48],
     "infer_repeats": 2,
-    "batches": [2],
-    "variant_batch": 2,
+    "batches": {2: STEP_VARIANTS},
     "crop": 32,
     "step_repeats": 2,
     "folder": (3, 64),
@@ -280,20 +284,11 @@ class Probe:
     def training_steps(self) -> dict[str, Any]:
         data = PhotoDataModule(str(self.photos), str(ROOT / "assets" / "samples"), self.setup["crop"], num_workers=0)
         rows = []
-        for batch_size in self.setup["batches"]:
+        for batch_size, names in self.setup["batches"].items():
             data.batch_size = batch_size
             data.train_set = None
             data.setup("fit")
             batch = to_float(next(iter(data.train_dataloader())).to(self.device))
-            names = ["reference (eager fp32 NCHW, nn.InstanceNorm2d)", "nst-ff eager", "nst-ff compiled"]
-            if batch_size == 32:
-                names = ["nst-ff compiled"]
-            elif batch_size == self.setup["variant_batch"]:
-                # Most of a step is the VGG (~85 of ~145 GFLOP per 256 px crop: the output's forward and backward, the
-                # content pass): its convolutions have no reflection padding, so NCHW's reason does not hold for
-                # them, and tensor cores want NHWC. Then the network's full-resolution layers in the CPUs'
-                # sub-pixel forms.
-                names += [VGG_CHANNELS_LAST, SUBPIXEL]
             for name in names:
                 if self.left() < 60:  # a compilation may take a minute: leave the time to later parts
                     rows.append({"batch": batch_size, "config": name, "skipped": "out of time"})
