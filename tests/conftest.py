@@ -33,6 +33,16 @@ def models_home(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         yield home
 
 
+@pytest.fixture(scope="session", autouse=True)
+def compile_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """One inductor cache for the whole run, commands included: the user's stays untouched, and a cold cache's
+    first compilation (~20 s of it toolchain set-up on a 2-core CPU, whatever the graph) is paid once, not per test."""
+    with pytest.MonkeyPatch.context() as patch:
+        cache = tmp_path_factory.mktemp("inductor")
+        patch.setenv("TORCHINDUCTOR_CACHE_DIR", str(cache))
+        yield cache
+
+
 @pytest.fixture(scope="session")
 def sample_photos() -> list[Path]:
     return sorted(SAMPLES.glob("*.jpg"))
