@@ -258,17 +258,35 @@ def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[s
         merged = OmegaConf.merge(OmegaConf.structured(schema), container)
         _validate_tree(OmegaConf.to_object(merged))
     except MissingMandatoryValue as error:
-        raise ConfigError(f"{error.full_key}: required; set {error.full_key}=...") from None
+        key = _key_as_set(cfg, error.full_key)
+        raise ConfigError(f"{key}: required; set {key}=...") from None
     except ConfigKeyError as error:
         known = ", ".join(f.name for f in dataclasses.fields(error.object_type)) if error.object_type else ""
-        raise ConfigError(f"{error.full_key}: no such option" + (f"; options here: {known}" if known else "")) from None
+        key = _key_as_set(cfg, error.full_key)
+        raise ConfigError(f"{key}: no such option" + (f"; options here: {known}" if known else "")) from None
     except OmegaConfBaseException as error:
         reason = str(error).split("\n")[0]
-        raise ConfigError(f"{error.full_key}={error.value}: {reason}") from None
+        raise ConfigError(f"{_key_as_set(cfg, error.full_key)}={error.value}: {reason}") from None
     result = _present(OmegaConf.to_container(merged, enum_to_str=True), container)
     for name, values in extra.items():
         result[name].update(values)
     return result
+
+
+def _key_as_set(cfg: DictConfig | dict[str, Any], full_key: str) -> str:
+    """``full_key`` as the user sets it: a node that copies another (``model.loss: ${loss}``) is checked as the copy,
+    so its values are named under the node they come from (``loss.weights.source``, not ``model.loss.weights...``)."""
+    node: Any = OmegaConf.create(cfg)
+    parts = full_key.split(".")
+    for depth, part in enumerate(parts[:-1], start=1):
+        if not isinstance(node, DictConfig) or part not in node:
+            break
+        raw = node._get_node(part)._value()
+        copied = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
+        if copied:
+            return _key_as_set(cfg, ".".join([copied.group(1), *parts[depth:]]))
+        node = node[part]
+    return full_key
 
 
 def _home_expanded(value: Any) -> Any:

