@@ -22,6 +22,7 @@ from nst_ff.errors import UserError
 from nst_ff.execution import COMPILE_SETTINGS
 from nst_ff.media import X264_PRESETS
 from nst_ff.net import NORMS, UPSAMPLES
+from nst_ff.tiling import tiling_error
 from nst_ff.weights import SOURCES, VGG_BLOCKS
 
 SCHEDULERS = ("none", "cosine", "step")
@@ -348,11 +349,9 @@ class InferConfig:
         check_max_size("max_size", self.max_size)
         check_device("device", self.device)
         check_compile("compile", self.compile)
-        pixels = self.tile_above == "auto" or (isinstance(self.tile_above, int) and self.tile_above >= 1)
-        require(pixels, "tile_above", self.tile_above, "auto (the device's choice) or 1 or more pixels")
-        require(self.tile_size >= 64, "tile_size", self.tile_size, "must be 64 or more")
-        allowed = f"must be at least 0 and less than half of tile_size={self.tile_size}"
-        require(0 <= self.tile_overlap < self.tile_size // 2, "tile_overlap", self.tile_overlap, allowed)
+        problem = tiling_error(self.tile_above, self.tile_size, self.tile_overlap)
+        if problem:
+            raise ConfigError(problem)
 
 
 @dataclass

@@ -19,7 +19,7 @@ from nst_ff.execution import compile_mode, compiled, inference_execution, tile_a
 from nst_ff.export import load_model, resolve_model
 from nst_ff.images import Picture, decode, long_side_size, resize, to_pil
 from nst_ff.net import TransformerNet
-from nst_ff.tiling import stylize_tiled
+from nst_ff.tiling import stylize_tiled, tiling_error
 
 
 def _check_batch(images: torch.Tensor) -> None:
@@ -61,6 +61,9 @@ class Stylizer:
         tile_size: int = 1024,
         tile_overlap: int = 64,
     ) -> None:
+        problem = tiling_error(tile_above, tile_size, tile_overlap)
+        if problem:
+            raise ValueError(problem)
         self.device = resolve_device(device)
         self.execution = inference_execution(self.device, precision, channels_last, compiled=compile)
         self.dtype = self.execution.dtype

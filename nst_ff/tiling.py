@@ -19,6 +19,19 @@ from torch import nn
 from nst_ff.images import long_side_size, resize
 from nst_ff.net import InstanceNorm
 
+
+def tiling_error(tile_above: int | str, tile_size: int, tile_overlap: int) -> str | None:
+    """What is wrong with these tiling options (``infer.py``'s and ``Stylizer``'s), as ``option=value: what is
+    allowed``; None when nothing is."""
+    if not (tile_above == "auto" or (isinstance(tile_above, int) and tile_above >= 1)):
+        return f"tile_above={tile_above}: auto (the device's choice) or 1 or more pixels"
+    if tile_size < 64:
+        return f"tile_size={tile_size}: must be 64 or more"
+    if not 0 <= tile_overlap < tile_size // 2:
+        return f"tile_overlap={tile_overlap}: must be at least 0 and less than half of tile_size={tile_size}"
+    return None
+
+
 # Tiles start on multiples of 4 so that the network's two stride-2 layers see the same pixel grid
 # in every tile as in the whole image.
 _ALIGN = 4

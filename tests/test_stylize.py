@@ -191,6 +191,22 @@ def test_images_the_network_cannot_take_give_one_clear_error(
         Stylizer(net, precision="fp32").stylize(image, strength=0.5)
 
 
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        # Before: a RuntimeError from inside the tiling, and int()'s own message.
+        ({"tile_overlap": -3}, "tile_overlap=-3: must be at least 0 and less than half of tile_size=1024"),
+        ({"tile_above": "big"}, r"tile_above=big: auto \(the device's choice\) or 1 or more pixels"),
+        # Before: taken as they were, tiles of 0 px and overlaps wider than half a tile.
+        ({"tile_size": 0}, "tile_size=0: must be 64 or more"),
+        ({"tile_size": 64, "tile_overlap": 40}, "tile_overlap=40: .* less than half of tile_size=64"),
+    ],
+)
+def test_wrong_tiling_options_are_one_clear_error(net: TransformerNet, options: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        Stylizer(net, **{"tile_above": 100, **options})
+
+
 def test_strength_zero_returns_the_input_and_blends_linearly(net: TransformerNet, photo: torch.Tensor) -> None:
     stylizer = Stylizer(net)
     assert torch.equal(stylizer.stylize(photo, strength=0.0), photo)
