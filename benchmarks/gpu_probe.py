@@ -264,9 +264,8 @@ class Probe:
             outputs = {}
             for name, run in runners.items():
                 self.fresh()
-                # cudnn autotuning is process-wide: each runner's own setting (the reference's as measured before).
-                execution = getattr(run, "execution", None)
-                torch.backends.cudnn.benchmark = self.device.type == "cuda" and (not execution or execution.autotune)
+                # The reference autotunes, as measured before; a Stylizer sets its execution's choice while it runs.
+                torch.backends.cudnn.benchmark = self.device.type == "cuda"
                 with torch.inference_mode():
                     result = self.timed(lambda run=run, image=image: run(image), self.setup["infer_repeats"])
                     outputs[name] = run(image).float()
@@ -394,7 +393,7 @@ class Probe:
             if self.left() < 30 or (autotune and self.device.type != "cuda"):
                 break
             stylizer = Stylizer(stylized, device=str(self.device))
-            torch.backends.cudnn.benchmark = autotune
+            stylizer.execution = replace(stylizer.execution, autotune=autotune)
             first, warm = folder_images_per_s(stylizer, folder, self.work / "styled_halves")
             halves[label] = {"images_per_s": warm, "images_per_s_first_run": first}
         stages = stage_table(folder, self.work / "styled_stages", self.device) if self.left() > 20 else []

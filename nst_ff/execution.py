@@ -22,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -65,7 +66,7 @@ class Execution:
     kernel instead of the channels_last-friendly one; ``subpixel``: the upsampling and output layers
     computed by pixel phase (``nst_ff.net.Upsample``, ``nst_ff.net.OutputLayer``); ``slice_padding``:
     reflection padding from slices (``nst_ff.net.ReflectionPad``); ``autotune``: cudnn times the kernels for
-    each new shape first (``torch.backends.cudnn.benchmark``, CUDA; None leaves the setting alone)."""
+    each new shape first (``torch.backends.cudnn.benchmark`` during ``autotuning``, CUDA; None leaves it alone)."""
 
     device: torch.device
     dtype: torch.dtype | None = None
@@ -88,9 +89,20 @@ class Execution:
                 module.subpixel = self.subpixel
             elif isinstance(module, ReflectionPad):
                 module.by_slices = self.slice_padding
-        if self.device.type == "cuda" and self.autotune is not None:
-            torch.backends.cudnn.benchmark = self.autotune
         return net.to(self.device, dtype=self.dtype, memory_format=self.memory_format)
+
+    @contextmanager
+    def autotuning(self) -> Iterator[None]:
+        """Around the network's calls: cudnn's autotuning as ``autotune`` says, the process's setting restored after,
+        so that two networks in one process (a compiled Stylizer and an eager one) each run with their own."""
+        if self.device.type != "cuda" or self.autotune is None:
+            yield
+            return
+        before, torch.backends.cudnn.benchmark = torch.backends.cudnn.benchmark, self.autotune
+        try:
+            yield
+        finally:
+            torch.backends.cudnn.benchmark = before
 
     def inputs(self, images: torch.Tensor) -> torch.Tensor:
         """Images as the prepared network takes them: on the device, in its dtype and memory format."""

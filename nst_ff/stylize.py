@@ -101,10 +101,11 @@ class Stylizer:
             full = self._batch_sizes[shape] = max(count, self._batch_sizes.get(shape, 0))
             if full > count:
                 images = torch.cat([images, images[-1:].expand(full - count, -1, -1, -1)])
-        if self.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-            return self.forward(self.execution.inputs(images))[:count].clone()
-        return self.forward(self.execution.inputs(images))[:count]
+        with self.execution.autotuning():
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+                return self.forward(self.execution.inputs(images))[:count].clone()
+            return self.forward(self.execution.inputs(images))[:count]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float images in [0, 1] -> stylised float32 images, same size, on the input's device."""

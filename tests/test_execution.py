@@ -69,6 +69,26 @@ def test_cuda_infers_channels_last_fp16_and_trains_nchw_with_torchs_norm() -> No
     assert compile_mode(CUDA) == "reduce-overhead" and compile_mode(CUDA, "default") == "default"
 
 
+def test_cudnn_autotuning_is_each_network_s_own_while_it_runs() -> None:
+    """The setting is process-wide: a compiled Stylizer (autotuned) then an eager one (not) in one process each
+    get their own, and the process's is back after each call (the flag is set without a GPU)."""
+    compiled_run, eager_run = inference_execution(CUDA, compiled=True), inference_execution(CUDA)
+    before = torch.backends.cudnn.benchmark
+    try:
+        for process_setting in (False, True):
+            torch.backends.cudnn.benchmark = process_setting
+            with compiled_run.autotuning():
+                assert torch.backends.cudnn.benchmark
+                with eager_run.autotuning():
+                    assert not torch.backends.cudnn.benchmark
+                assert torch.backends.cudnn.benchmark
+            assert torch.backends.cudnn.benchmark == process_setting
+            with training_execution(CUDA).autotuning(), inference_execution(CPU, compiled=True).autotuning():
+                assert torch.backends.cudnn.benchmark == process_setting  # the trainer's; no cudnn on CPUs
+    finally:
+        torch.backends.cudnn.benchmark = before
+
+
 @pytest.mark.parametrize("native_bf16", [True, False])
 def test_cpu_keeps_channels_last_and_bf16_only_where_native(monkeypatch: pytest.MonkeyPatch, native_bf16: bool) -> None:
     monkeypatch.setattr(nst_ff.device, "cpu_has_fast_bf16", lambda: native_bf16)
