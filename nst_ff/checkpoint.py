@@ -27,15 +27,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class StopAtStepEnd(pl.Callback):
     """Ctrl-C (SIGINT) or SIGTERM (``kill``, a scheduler's pre-emption) ends the run at the end of the step it
     interrupts, where train.py saves that step's checkpoint (not one between two parameter updates) and says how
-    to resume; a second signal stops at once, as Lightning does. Lightning stopped inside the step on Ctrl-C, and on
-    SIGTERM exited with status 0; either way only the last periodic checkpoint was kept, up to
-    ``checkpoint.every_n_steps`` earlier (500 steps: 10 minutes on a CPU). A run of several processes keeps
-    Lightning's handling: they would have to agree on the step to stop at, a collective at every step."""
+    to resume; a second signal (``forced``) stops at once, where train.py names the last checkpoint to resume from
+    (Lightning exited with status 1 and no word). Lightning stopped inside the step on Ctrl-C, and on SIGTERM exited
+    with status 0; either way only the last periodic checkpoint was kept, up to ``checkpoint.every_n_steps``
+    earlier (500 steps: 10 minutes on a CPU). A run of several processes keeps Lightning's handling: they would have
+    to agree on the step to stop at, a collective at every step. The handlers stay until ``restore``, after the
+    run's last checkpoint is saved: a second signal while it is written is still the forced stop."""
 
     SIGNALS = (signal.SIGINT, signal.SIGTERM)
 
     def __init__(self) -> None:
         self.requested: signal.Signals | None = None
+        self.forced: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -44,6 +47,7 @@ class StopAtStepEnd(pl.Callback):
 
     def _request(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:
+            self.forced = signal.Signals(signum)
             raise KeyboardInterrupt
         self.requested = signal.Signals(signum)
         print(
@@ -54,13 +58,8 @@ class StopAtStepEnd(pl.Callback):
         if self.requested:
             trainer.should_stop = True
 
-    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._restore()
-
-    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        self._restore()
-
-    def _restore(self) -> None:
+    def restore(self) -> None:
+        """The signal handlers as they were before the run."""
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}

@@ -185,11 +185,22 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     datamodule.require_batches(processes=trainer.world_size)
     if logger:
         logger.log_hyperparams(cfg)
-    # weights_only: resuming never unpickles code from a checkpoint file.
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg["ckpt_path"], weights_only=True)
-    # ModelCheckpoint saves every N steps only: the run's final step is saved too, whatever it is.
     last = out / "checkpoints" / "last.ckpt"
-    trainer.save_checkpoint(last, weights_only=False)  # full: resumable
+    try:
+        # weights_only: resuming never unpickles code from a checkpoint file.
+        trainer.fit(model, datamodule=datamodule, ckpt_path=cfg["ckpt_path"], weights_only=True)
+        # ModelCheckpoint saves every N steps only: the run's final step is saved too, whatever it is.
+        trainer.save_checkpoint(last, weights_only=False)  # full: resumable
+    except (KeyboardInterrupt, SystemExit):  # Lightning ends a fit a second signal stopped with exit(1)
+        if stop.forced is None:
+            raise
+        # The newest whole checkpoint: the signal may have come between a step's checkpoint and last.ckpt's copy.
+        saved = max(last.parent.glob("*.ckpt"), key=lambda path: path.stat().st_mtime, default=None)
+        kept = f"resume with the same options and ckpt_path={saved}" if saved else "no checkpoint yet"
+        print(f"stopped at once ({stop.forced.name} again), not exported; {kept}", file=sys.stderr)
+        sys.exit(128 + stop.forced)
+    finally:
+        stop.restore()
     if stop.requested:
         print(
             f"stopped at step {trainer.global_step} ({stop.requested.name}), not exported; resume with the same "

@@ -7,6 +7,7 @@ import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 import warnings
 from pathlib import Path
@@ -245,6 +246,39 @@ def test_ctrl_c_or_sigterm_stops_at_the_end_of_a_step_and_resumes_exactly(tmp_pa
     after_stop, _ = load_model(tmp_path / "r" / "checkpoints" / "starry_night.safetensors")
     for a, b in zip(straight.state_dict().values(), after_stop.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+
+
+def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_to_resume_from(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """Before: Lightning exited with status 1 and no word of what was kept."""
+    first_checkpoint = tmp_path / "checkpoints" / "step0000002.ckpt"
+
+    def press_ctrl_c_twice() -> None:  # signals to this process are handled in its main thread, the training's
+        deadline = time.time() + 120
+        while time.time() < deadline and not first_checkpoint.exists():
+            time.sleep(0.01)
+        stop = signal.getsignal(signal.SIGINT).__self__  # the run's StopAtStepEnd
+        os.kill(os.getpid(), signal.SIGINT)
+        while time.time() < deadline and not stop.requested:
+            time.sleep(0.001)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c_twice, daemon=True)
+    presser.start()
+    with pytest.raises(SystemExit) as stopped:
+        run_training(tmp_path, "trainer.max_steps=3000", "checkpoint.every_n_steps=2")
+    presser.join()
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    resume = r"stopped at once \(SIGINT again\), not exported; resume with the same options and ckpt_path=(.+)"
+    named = re.search(resume, err)
+    assert named, err
+    # The newest whole checkpoint (the stop may fall between a step's checkpoint and last.ckpt's copy of it).
+    saved = Path(named.group(1))
+    assert saved.parent == tmp_path / "checkpoints" and torch.load(saved, weights_only=True)["global_step"] >= 2
+    assert not list(tmp_path.glob("checkpoints/*.safetensors"))
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are the process's again
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
