@@ -27,7 +27,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 class StopAtStepEnd(pl.Callback):
     """Ctrl-C (SIGINT) or SIGTERM (``kill``, a scheduler's pre-emption) ends the run at the end of the step it
     interrupts, where train.py saves that step's checkpoint (not one between two parameter updates) and says how
-    to resume; a second signal (``forced``) stops at once, where train.py names the last checkpoint to resume from
+    to resume; a second signal (``forced``) stops at once, where train.py names the newest checkpoint to resume from
     (Lightning exited with status 1 and no word). Lightning stopped inside the step on Ctrl-C, and on SIGTERM exited
     with status 0; either way only the last periodic checkpoint was kept, up to ``checkpoint.every_n_steps``
     earlier (500 steps: 10 minutes on a CPU). A run of several processes keeps Lightning's handling: they would have

@@ -276,16 +276,15 @@ def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[s
 def _key_as_set(cfg: DictConfig | dict[str, Any], full_key: str) -> str:
     """``full_key`` as the user sets it: a node that copies another (``model.loss: ${loss}``) is checked as the copy,
     so its values are named under the node they come from (``loss.weights.source``, not ``model.loss.weights...``)."""
-    node: Any = OmegaConf.create(cfg)
+    node: Any = OmegaConf.to_container(OmegaConf.create(cfg), resolve=False)
     parts = full_key.split(".")
     for depth, part in enumerate(parts[:-1], start=1):
-        if not isinstance(node, DictConfig) or part not in node:
+        if not isinstance(node, dict) or part not in node:
             break
-        raw = node._get_node(part)._value()
-        copied = re.fullmatch(r"\$\{([\w.]+)\}", raw) if isinstance(raw, str) else None
+        node = node[part]
+        copied = re.fullmatch(r"\$\{([\w.]+)\}", node) if isinstance(node, str) else None
         if copied:
             return _key_as_set(cfg, ".".join([copied.group(1), *parts[depth:]]))
-        node = node[part]
     return full_key
 
 
