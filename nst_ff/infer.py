@@ -264,9 +264,9 @@ def io_threads(device: torch.device) -> int:
 
 
 def read_hwc(path: Path, pin_memory: bool = False) -> Picture:
-    """A photo's 8-bit values as (H, W, 3), the layout files and encoders use (a view of the decoded tensor:
-    copies keep its strides, the device transposes), page-locked with ``pin_memory`` for asynchronous copies
-    to a GPU."""
+    """A photo's 8-bit values as (H, W, 3), the layout files and encoders use (the decoded memory itself, which
+    ``to_tensor`` keeps in that order; the device transposes), page-locked with ``pin_memory`` for asynchronous
+    copies to a GPU."""
     picture = read_picture(path, torch.uint8)
     hwc = picture.rgb.permute(1, 2, 0)
     return Picture(hwc.pin_memory() if pin_memory else hwc, picture.alpha)
