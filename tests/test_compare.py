@@ -7,8 +7,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from PIL import Image
 
+from nst_ff.compare import main
 from nst_ff.paths import PROJECT_ROOT
 from tests.conftest import SAMPLES
 
@@ -79,7 +81,15 @@ def test_photos_of_one_name_in_two_subfolders_each_get_their_row_and_grid(tmp_pa
     assert (grids / "a" / "x_grid.jpg").is_file() and (grids / "b" / "x_grid.jpg").is_file()
 
 
-def test_bad_input_is_one_line(tmp_path: Path) -> None:
+def compare_stopped(capsys: pytest.CaptureFixture, out: Path, *args: str) -> tuple[int, str, str]:
+    """``python -m nst_ff.compare`` in this process (no start-up per call) up to its exit: status, stdout, stderr."""
+    with pytest.raises(SystemExit) as stopped:
+        main(["--content", str(SAMPLES), "--out", str(out), *args])
+    captured = capsys.readouterr()
+    return stopped.value.code, captured.out, captured.err
+
+
+def test_bad_input_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     for args in (
         ["--model", "no_such_model", "--steps", "0"],
         ["--model", "starry_night", "--steps", "0", "--content", str(tmp_path / "none")],
@@ -88,18 +98,17 @@ def test_bad_input_is_one_line(tmp_path: Path) -> None:
         ["--model", "starry_night", "--steps", "-1"],
         ["--model", "starry_night", "--steps", "0", "--limit", "-2"],
     ):
-        result = run_compare(tmp_path / "out", *args)
-        assert result.returncode == 2 and "Traceback" not in result.stderr
-        assert result.stderr.startswith("error: ") and len(result.stderr.strip().splitlines()) == 1
+        status, _, stderr = compare_stopped(capsys, tmp_path / "out", *args)  # anything but a UserError raises here
+        assert status == 2 and stderr.startswith("error: ") and len(stderr.strip().splitlines()) == 1, (args, stderr)
 
 
-def test_help_shows_the_defaults_and_a_wrong_device_is_one_line(tmp_path: Path) -> None:
-    result = subprocess.run([sys.executable, "-m", "nst_ff.compare", "--help"], capture_output=True, text=True)
-    assert result.returncode == 0
+def test_help_shows_the_defaults_and_a_wrong_device_is_one_line(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    status, stdout, _ = compare_stopped(capsys, tmp_path, "--help")
+    assert status == 0
     for default in ("(default: 512)", "(default: 200)", "(default: auto)", "(default: lbfgs)"):
-        assert default in " ".join(result.stdout.split()), default
-    wrong = run_compare(tmp_path, "--model", "starry_night", "--steps", "0", "--device", "gpu")
-    assert wrong.returncode == 2 and wrong.stderr.startswith("error: device=gpu: unknown device")
+        assert default in " ".join(stdout.split()), default
+    status, _, stderr = compare_stopped(capsys, tmp_path, "--model", "starry_night", "--steps", "0", "--device", "gpu")
+    assert status == 2 and stderr.startswith("error: device=gpu: unknown device")
 
 
 def test_a_broken_photo_is_skipped_not_the_comparison(tmp_path: Path) -> None:
