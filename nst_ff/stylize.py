@@ -101,16 +101,16 @@ class Stylizer:
             full = self._batch_sizes[shape] = max(count, self._batch_sizes.get(shape, 0))
             if full > count:
                 images = torch.cat([images, images[-1:].expand(full - count, -1, -1, -1)])
-        with self.execution.autotuning():
-            if self.cuda_graphs:
-                torch.compiler.cudagraph_mark_step_begin()
-                return self.forward(self.execution.inputs(images))[:count].clone()
-            return self.forward(self.execution.inputs(images))[:count]
+        if self.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
+            return self.forward(self.execution.inputs(images))[:count].clone()
+        return self.forward(self.execution.inputs(images))[:count]
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
         """(N, 3, H, W) float images in [0, 1] -> stylised float32 images, same size, on the input's device."""
         _check_batch(images)
-        with torch.inference_mode():
+        # Autotuning covers a tiled image's statistics pass (the eager network on a downscaled copy) too.
+        with torch.inference_mode(), self.execution.autotuning():
             if images.shape[-2] * images.shape[-1] <= self.tile_above:
                 out = self._run(images)
             else:
