@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -63,3 +64,15 @@ class StopAtStepEnd(pl.Callback):
         for signum, handler in self._previous.items():
             signal.signal(signum, handler)
         self._previous = {}
+
+
+class FinalCheckpoint(pl.Callback):
+    """The run's last step saved to ``path`` (in full: resumable), whatever the step: ModelCheckpoint saves every N
+    steps. Saved as training ends, inside the fit: Lightning restores the process's signal handlers when the fit
+    returns, and a Ctrl-C during a save after it was a traceback, not ``StopAtStepEnd``'s request."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        trainer.save_checkpoint(self.path, weights_only=False)

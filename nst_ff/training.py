@@ -16,7 +16,7 @@ from hydra.utils import instantiate
 from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from nst_ff.checkpoint import AtomicCheckpointIO, StopAtStepEnd
+from nst_ff.checkpoint import AtomicCheckpointIO, FinalCheckpoint, StopAtStepEnd
 from nst_ff.device import auto_precision, keep_freed_memory
 from nst_ff.errors import UserError
 from nst_ff.export import save_model
@@ -178,20 +178,20 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     )
     logger = instantiate(cfg["logger"]) if cfg.get("logger") else False
     stop = StopAtStepEnd()
-    callbacks = [checkpoints, stop] + ([LearningRateMonitor("step")] if logger else [])
+    last = out / "checkpoints" / "last.ckpt"
+    callbacks = [checkpoints, stop, FinalCheckpoint(last)] + ([LearningRateMonitor("step")] if logger else [])
     if cfg["trainer"].get("enable_progress_bar", True):
         callbacks.append(StepProgressBar())
     trainer = build_trainer(cfg["trainer"], callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     datamodule.require_batches(processes=trainer.world_size)
     if logger:
         logger.log_hyperparams(cfg)
-    last = out / "checkpoints" / "last.ckpt"
     try:
         # weights_only: resuming never unpickles code from a checkpoint file.
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg["ckpt_path"], weights_only=True)
-        # ModelCheckpoint saves every N steps only: the run's final step is saved too, whatever it is.
-        trainer.save_checkpoint(last, weights_only=False)  # full: resumable
-    except (KeyboardInterrupt, SystemExit):  # Lightning ends a fit a second signal stopped with exit(1)
+    # A second signal's KeyboardInterrupt ends the fit as Lightning's exit(1), or, when it cuts a checkpoint's write
+    # short (the old file stays: AtomicCheckpointIO), as torch.save's error about the half-written file.
+    except BaseException:
         if stop.forced is None:
             raise
         # The newest whole checkpoint: the signal may have come between a step's checkpoint and last.ckpt's copy.
@@ -201,7 +201,8 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
         sys.exit(128 + stop.forced)
     finally:
         stop.restore()
-    if stop.requested:
+    # A stop asked for while the last step's checkpoint was written came after the whole run: it is exported.
+    if stop.requested and trainer.global_step < cfg["trainer"]["max_steps"]:
         print(
             f"stopped at step {trainer.global_step} ({stop.requested.name}), not exported; resume with the same "
             f"options and ckpt_path={last}",

@@ -13,12 +13,14 @@ import warnings
 from pathlib import Path
 
 import pytest
+import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
+from nst_ff.checkpoint import FinalCheckpoint
 from nst_ff.config import validate
 from nst_ff.device import auto_precision
 from nst_ff.errors import UserError
@@ -282,6 +284,50 @@ def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_to_resume_from(
     assert saved.parent == tmp_path / "checkpoints" and torch.load(saved, weights_only=True)["global_step"] >= 2
     assert not list(tmp_path.glob("checkpoints/*.safetensors"))
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handlers are the process's again
+
+
+def test_a_second_ctrl_c_that_cuts_a_checkpoint_write_short_keeps_the_old_file(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """torch.save's zip writer, interrupted mid-file, raises its own error in place of the KeyboardInterrupt (seen
+    in about one run in ten of the test above). Before: that error's traceback, not the one line."""
+    save = torch.save
+
+    def save_cut_short(checkpoint: dict, file: object) -> None:
+        if checkpoint["global_step"] == 4:
+            try:
+                os.kill(os.getpid(), signal.SIGINT)  # stop at the end of this step
+                os.kill(os.getpid(), signal.SIGINT)  # no: at once
+            except KeyboardInterrupt:
+                raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos") from None
+        save(checkpoint, file)
+
+    monkeypatch.setattr("nst_ff.checkpoint.torch.save", save_cut_short)
+    with pytest.raises(SystemExit) as stopped:
+        run_training(tmp_path, "trainer.max_steps=3000", "checkpoint.every_n_steps=2")
+    assert stopped.value.code == 130
+    assert "stopped at once (SIGINT again), not exported; resume with the same options" in capsys.readouterr().err
+    checkpoints = tmp_path / "checkpoints"
+    assert torch.load(checkpoints / "last.ckpt", weights_only=True)["global_step"] == 2  # the step before, whole
+    assert sorted(path.name for path in checkpoints.iterdir()) == ["last.ckpt", "step0000002.ckpt"]  # no temporary
+
+
+def test_a_ctrl_c_while_the_last_checkpoint_is_written_still_exports_the_finished_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: every step had run, but a Ctrl-C during the final save was taken as a stop: no model, exit 130."""
+    save = FinalCheckpoint.on_train_end
+
+    def ctrl_c_while_saving(callback: FinalCheckpoint, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+        os.kill(os.getpid(), signal.SIGINT)  # handled in this (the main) thread before the save goes on
+        save(callback, trainer, module)
+
+    monkeypatch.setattr(FinalCheckpoint, "on_train_end", ctrl_c_while_saving)
+    exported = run_training(tmp_path, "trainer.max_steps=2")
+    assert "SIGINT: stopping at the end of this step" in capsys.readouterr().err
+    assert exported == tmp_path / "checkpoints" / "starry_night.safetensors" and exported.is_file()
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
 def test_runs_started_in_the_same_second_get_their_own_folders(tmp_path: Path) -> None:
