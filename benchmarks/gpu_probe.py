@@ -82,6 +82,8 @@ SHIPPED_STYLES = {"starry_night": 6e7, "great_wave": 1.2e8, "the_scream": 6e7, "
 # Sizes for the GPU, and tiny ones for --cpu-smoke (same code paths, seconds of work).
 GPU = {
     "sizes": [512, 1024, 2048, 4096],
+    "variants_size": 1024,  # where every variant runs and the kernels are listed
+    "compile_training": True,
     "infer_repeats": 10,
     # Batch size -> configurations; batch 32 toward 1000 images/s, compiled only.
     "batches": {4: STEP_CONFIGS, 16: STEP_VARIANTS, 32: ["nst-ff compiled"]},
@@ -124,8 +126,13 @@ GPU = {
     # 1080p clip (seconds), frames per batch, H.264 presets: the default, and a fast one in case encoding binds.
     "video": (4, 16, ["medium", "veryfast"]),
 }
+# Each compilation costs ~15-25 s on a CI machine's CPU whatever the graph's size (~100 s for a training step's
+# forward and backward), so the smoke run compiles inference at one size, and runs the compiled training
+# configurations eager: tests/test_execution.py checks the compiled training step.
 SMOKE = {
-    "sizes": [32, 48],
+    "sizes": [48],
+    "variants_size": 48,
+    "compile_training": False,
     "infer_repeats": 2,
     "batches": {2: STEP_VARIANTS},
     "crop": 32,
@@ -251,7 +258,7 @@ class Probe:
             # compiled network for all sizes recompiles with dynamic shapes at the second: 8.7 ms, not 3.3.)
             torch._dynamo.reset()
             runners = {**eager, "nst-ff compiled": Stylizer(net, device=device, compile=True)}
-            if size == self.setup["sizes"][1]:
+            if size == self.setup["variants_size"]:
                 runners[NCHW_EAGER] = Stylizer(net, device=device, channels_last=False)
                 runners[EAGER_SUBPIXEL] = Stylizer(net, device=device)
                 replace(runners[EAGER_SUBPIXEL].execution, subpixel=True).prepare(runners[EAGER_SUBPIXEL].net)
@@ -271,7 +278,7 @@ class Probe:
                     outputs[name] = run(image).float()
                 rows.append({"size": size, "config": name, **result, "peak_mb": self.peak()})
                 rows[-1]["psnr_vs_reference"] = psnr(outputs[name], next(iter(outputs.values())))
-                if size == self.setup["sizes"][1] and not name.startswith("reference"):
+                if size == self.setup["variants_size"] and not name.startswith("reference"):
                     try:
                         kernels[name] = kernel_table(run, image)
                     except Exception as error:  # the profiler (CUPTI) is an extra: its failure keeps the timings
@@ -293,7 +300,7 @@ class Probe:
                     rows.append({"batch": batch_size, "config": name, "skipped": "out of time"})
                     continue
                 self.fresh()
-                compile = name.startswith("nst-ff compiled")
+                compile = name.startswith("nst-ff compiled") and self.setup["compile_training"]
                 module = training_module(**self.weights_args, device=str(self.device), compile=compile)
                 reference = name.startswith("reference")
                 if reference:
