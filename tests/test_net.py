@@ -1,7 +1,8 @@
 import pytest
 import torch
+import torch.nn.functional as F
 
-from nst_ff.net import OutputLayer, TransformerNet, Upsample
+from nst_ff.net import OutputLayer, TransformerNet, Upsample, reflect_by_copies, reflect_by_slices
 
 
 @pytest.fixture(scope="module")
@@ -23,6 +24,22 @@ def test_output_has_input_size_and_each_image_is_stylised_on_its_own(
     assert torch.allclose(out[:1], first_alone, atol=1e-5)
     if size != (1, 1):  # a single pixel normalises to nothing: any 1x1 image gives the same output
         assert not torch.allclose(out[0], out[1], atol=1e-3)
+
+
+@pytest.mark.parametrize("pad", [0, 1, 4])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_reflection_padding_by_slices_and_by_copies_equal_torchs(pad: int, layout: torch.memory_format) -> None:
+    x = torch.randn(2, 5, 9, 13).to(torch.bfloat16).contiguous(memory_format=layout)
+    expected = F.pad(x.float(), (pad,) * 4, mode="reflect").to(x.dtype)
+    assert torch.equal(reflect_by_slices(x, pad), expected)  # compiled code's form (layout: the compiler's)
+    padded = reflect_by_copies(x, pad)  # eager's
+    assert torch.equal(padded, expected)
+    assert padded.is_contiguous(memory_format=layout)  # CUDA's own padding would write NCHW
+    # Gradients too (a by_slices network could be trained): each input pixel gets the sum of its copies'.
+    x = torch.randn(1, 2, 6, 7, dtype=torch.float64, requires_grad=True)
+    weights = torch.randn(1, 2, 6 + 2 * pad, 7 + 2 * pad, dtype=torch.float64)
+    (grad,) = torch.autograd.grad((F.pad(x, (pad,) * 4, mode="reflect") * weights).sum(), x)
+    assert torch.allclose(torch.autograd.grad((reflect_by_copies(x, pad) * weights).sum(), x)[0], grad)
 
 
 def test_padding_does_not_leak_into_the_crop(net: TransformerNet) -> None:
