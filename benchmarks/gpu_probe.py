@@ -376,15 +376,20 @@ class Probe:
         for label, compile_setting in zip(labels, ("auto", "true", "true"), strict=True):
             if self.left() < 30:
                 break
-            out = self.work / f"styled_{compile_setting}"
-            args = ["infer.py", "model=starry_night", f"input={folder}", f"output={out}", "overwrite=true"]
-            result, wall = self.command([*args, f"compile={compile_setting}"], self.left() - 5)
+            out, timeline = self.work / f"styled_{compile_setting}", self.work / "timeline.json"
+            # infer.py as the command line runs it, with the time each stage ends (benchmarks/infer_timeline.py).
+            args = ["benchmarks/infer_timeline.py", "--json", str(timeline), "--", "model=starry_night"]
+            args += [f"input={folder}", f"output={out}", "overwrite=true", f"compile={compile_setting}"]
+            result, wall = self.command(args, self.left() - 5)
             match = re.search(r"(\d+) image\(s\) in ([\d.]+) s \(([\d.]+) images/s\)", result.stderr)
+            marks = json.loads(timeline.read_text())
             runs[label] = {
                 "images": count,
                 "process_wall_s": wall,
                 "images_per_s_whole_process": count / wall,
                 "images_per_s_after_start": float(match.group(3)) if match else None,
+                "timeline_s": marks,
+                "interpreter_start_and_exit_s": round(wall - max(marks.values()), 3),
             }
         # In this process, the folder's two halves (benchmarks/bench_folder.py): which one bounds a run.
         halves = {}
@@ -667,6 +672,9 @@ def summary(results: dict[str, Any]) -> str:
             f"({run['images_per_s_whole_process']:.1f} images/s), "
             f"{run['images_per_s_after_start']} images/s after start-up"
         )
+        if "timeline_s" in run:
+            stages = ", ".join(f"{stage} {seconds}" for stage, seconds in run["timeline_s"].items())
+            lines.append(f"  s from its start: {stages}; then {run['interpreter_start_and_exit_s']} s outside")
     for name, half in folder.get("in_process", {}).items():
         lines.append(
             f"stylize_files in process, {name}: {half['images_per_s']:.1f} images/s warm, "

@@ -33,4 +33,12 @@ def test_every_part_of_the_probe_runs(tmp_path: Path) -> None:
     assert metadata["style"] == style and metadata["temporal_weight"] > 0
     assert f"model.init_from={tmp_path / 'retrain' / style / 'per_frame'}" in metadata["command"]
     assert results["inference"]["kernels_1024"]["nst-ff compiled"][0]["share"] > 0
+    # Each folder run's stages in the order they end (benchmarks/infer_timeline.py), all of them reached.
+    for run in results["infer_folder"]["runs"].values():
+        stages = ["torch imported", "nst-ff imported", "options and model file read", "model on the device"]
+        stages += ["first batch decoded", "first batch stylised", "photos written", "command returned"]
+        assert list(run["timeline_s"]) == stages and sorted(run["timeline_s"].values()) == list(
+            run["timeline_s"].values()
+        )
+        assert 0 < run["interpreter_start_and_exit_s"] < run["process_wall_s"]
     assert "# GPU probe" in result.stdout  # the tables, printed last
