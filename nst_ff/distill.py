@@ -151,8 +151,7 @@ class DistillModule(StyleTransferModule):
         logged = {"distill": self.distillation_loss(output, target, batch)}
         if self.hparams.temporal_weight:
             logged["temporal"] = self.temporal_term(batch, output, seed=batch_idx)
-        self.log_dict({f"val/{key}": value for key, value in logged.items()}, sync_dist=True)
-        self.log("hp_metric", logged["distill"], sync_dist=True)  # beside the config in TensorBoard's HPARAMS tab
+        self.log_validation(logged, logged["distill"])
         self._val_outputs.append(output.float().cpu())
         if self.targets_grid is None:
             self.targets_grid = make_grid(target.float().cpu(), nrow=len(target))

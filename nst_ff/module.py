@@ -232,9 +232,22 @@ class StyleTransferModule(pl.LightningModule):
         logged = self.logged_terms(terms)
         if self.hparams.temporal_weight:  # the same motions at every validation
             logged["temporal"] = self.temporal_term(batch, output, seed=batch_idx)
-        self.log_dict({f"val/{key}": value for key, value in logged.items()}, sync_dist=True)
-        self.log("hp_metric", logged["loss"], sync_dist=True)  # beside the config in TensorBoard's HPARAMS tab
+        self.log_validation(logged, logged["loss"])
         self._val_outputs.append(output.float().cpu())
+
+    def log_validation(self, logged: dict[str, torch.Tensor], score: torch.Tensor) -> None:
+        """``logged`` as ``val/<key>``, ``score`` as ``hp_metric`` (beside the config in TensorBoard's HPARAMS tab),
+        averaged over the validation photos and the ranks; written by ``on_validation_end``."""
+        self.log_dict({f"val/{key}": value for key, value in logged.items()}, sync_dist=True, logger=False)
+        self.log("hp_metric", score, sync_dist=True, logger=False)
+
+    def on_validation_end(self) -> None:
+        # At the step whose weights were validated, as the validation images are: Lightning's own logging wrote them
+        # one step before (its count of steps taken rises after the validation that a step's end runs).
+        metrics = self.trainer.callback_metrics
+        scalars = {key: float(value) for key, value in metrics.items() if key.startswith("val/") or key == "hp_metric"}
+        for logger in self.loggers:
+            logger.log_metrics(scalars, step=self.global_step)
 
     def on_validation_epoch_end(self) -> None:
         outputs, self._val_outputs = self._val_outputs, []

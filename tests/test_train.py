@@ -102,6 +102,9 @@ def test_training_lowers_the_loss_and_logs_to_tensorboard(tmp_path: Path) -> Non
     hparams = HParamsPluginData.FromString(start).session_start_info.hparams
     assert {"data/root", "model/lr", "loss/style_weight", "trainer/max_steps"} <= set(hparams)
     assert scalars(tmp_path, "hp_metric")[-1] == scalars(tmp_path, "val/loss")[-1]
+    # Validation's scalars at the step whose weights they measure, as its images (Lightning wrote them one before).
+    assert [step for step, _ in scalars(tmp_path, "val/loss")] == [15, 30]
+    assert [image.step for image in events.Images("val/stylized")] == [15, 30]
 
 
 def test_step_checkpoints_when_every_step_ends_an_epoch(tmp_path: Path) -> None:
