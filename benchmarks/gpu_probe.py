@@ -30,9 +30,11 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import torch
 from omegaconf import OmegaConf
@@ -395,18 +397,27 @@ class Probe:
         halves = {}
         net, _ = load_model(SHIPPED)
         # With cudnn's autotuning too (compiled jobs only by default): a single run of 100 photos pays for it once per
-        # batch shape, and its first-run figure says whether that costs more than the tuned kernels save.
+        # batch shape, and its first-run figure says whether that costs more than the tuned kernels save. With one
+        # photo per batch: eager channels_last normalises image by image and concatenates (a copy of every
+        # normalised activation), which a batch of one does not.
         halves_run = (
-            ("host side alone (identity network)", nn.Identity(), False),
-            ("starry_night eager", net, False),
-            ("starry_night eager, cudnn autotuning on", net, True),
+            ("host side alone (identity network)", nn.Identity(), False, None),
+            ("starry_night eager", net, False, None),
+            ("starry_night eager, one photo per batch", net, False, 1),
+            ("starry_night eager, cudnn autotuning on", net, True, None),
         )
-        for label, stylized, autotune in halves_run:
-            if self.left() < 30 or (autotune and self.device.type != "cuda"):
+        for label, stylized, autotune, pixels_per_batch in halves_run:
+            if self.left() < 30 or ((autotune or pixels_per_batch) and self.device.type != "cuda"):
                 break
             stylizer = Stylizer(stylized, device=str(self.device))
             stylizer.execution = replace(stylizer.execution, autotune=autotune)
-            first, warm = folder_images_per_s(stylizer, folder, self.work / "styled_halves")
+            batches = (
+                mock.patch("nst_ff.infer.batch_pixels", return_value=pixels_per_batch)
+                if pixels_per_batch
+                else nullcontext()
+            )
+            with batches:
+                first, warm = folder_images_per_s(stylizer, folder, self.work / "styled_halves")
             halves[label] = {"images_per_s": warm, "images_per_s_first_run": first}
         stages = stage_table(folder, self.work / "styled_stages", self.device) if self.left() > 20 else []
         return {"photos": f"{count} JPEGs of {size}x{size}", "runs": runs, "in_process": halves, "host_stages": stages}
