@@ -107,20 +107,26 @@ def _own_run_folder(config_name: str) -> None:
 
 
 def _keep_earlier_run() -> None:
-    """A folder given with hydra.run.dir that holds an earlier training run's checkpoints is for resuming it: a new
-    run there put its checkpoints among the earlier run's and wrote its model and recorded config over them."""
+    """A folder given with hydra.run.dir that holds an earlier training run's checkpoints is for resuming that run: a
+    new run there, or the resume of another run, put its checkpoints among the earlier run's and wrote its model and
+    recorded config over them."""
     arguments = sys.argv[1:]
     given = [a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith("hydra.run.dir=")]
-    resumed = any(a.startswith("ckpt_path=") and a != "ckpt_path=null" for a in arguments)
-    if not given or resumed or any(a.startswith("-") for a in arguments):
+    resumed = [
+        a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith("ckpt_path=") and a != "ckpt_path=null"
+    ]
+    if not given or any(a.startswith("-") for a in arguments):
         return
     checkpoints = Path(given[-1]).expanduser() / "checkpoints"
-    if any(checkpoints.glob("*.ckpt")):
-        with exit_on_user_error():
-            raise UserError(
-                f"hydra.run.dir={given[-1]}: holds an earlier run ({checkpoints}); resume it with "
-                f"ckpt_path={checkpoints / 'last.ckpt'}, or give another folder (or none: each run gets its own)"
-            )
+    if not any(checkpoints.glob("*.ckpt")):
+        return
+    if resumed and Path(resumed[-1]).expanduser().resolve().parent == checkpoints.resolve():
+        return  # the run resumed in its own folder
+    with exit_on_user_error():
+        raise UserError(
+            f"hydra.run.dir={given[-1]}: holds an earlier run ({checkpoints}); resume that run with "
+            f"ckpt_path={checkpoints / 'last.ckpt'}, or give another folder (or none: each run gets its own)"
+        )
 
 
 def _launch(config_dir: Path, config_name: str, job: Callable[[DictConfig], None]) -> None:

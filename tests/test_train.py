@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -378,7 +379,9 @@ def test_multirun_sweep_records_each_jobs_own_command(tmp_path: Path) -> None:
         assert float(weight.split("=")[1]) == meta["loss"]["style_weight"]  # this job's value, not the sweep
 
 
-def test_a_new_run_into_an_earlier_run_s_folder_is_refused_and_a_resume_there_is_not(tmp_path: Path) -> None:
+def test_a_new_run_or_another_run_s_resume_into_an_earlier_run_s_folder_is_refused_and_its_own_resume_is_not(
+    tmp_path: Path,
+) -> None:
     run = tmp_path / "run"
     assert run_script(*FAST, "trainer.max_steps=2", f"hydra.run.dir={run}").returncode == 0
     model = (run / "checkpoints" / "starry_night.safetensors").read_bytes()
@@ -387,6 +390,13 @@ def test_a_new_run_into_an_earlier_run_s_folder_is_refused_and_a_resume_there_is
     assert again.returncode == 2 and "holds an earlier run" in again.stderr and "ckpt_path=" in again.stderr
     assert (run / "checkpoints" / "starry_night.safetensors").read_bytes() == model
     last = run / "checkpoints" / "last.ckpt"
+    # Another run's resume (here a copy of this one's checkpoint, from another folder) wrote over last.ckpt.
+    other = tmp_path / "other" / "checkpoints"
+    other.mkdir(parents=True)
+    shutil.copy(last, other / "last.ckpt")
+    kept = last.read_bytes()
+    foreign = run_script(*FAST, "trainer.max_steps=3", f"ckpt_path={other / 'last.ckpt'}", f"hydra.run.dir={run}")
+    assert foreign.returncode == 2 and "holds an earlier run" in foreign.stderr and last.read_bytes() == kept
     resumed = run_script(*FAST, "trainer.max_steps=3", f"ckpt_path={last}", f"hydra.run.dir={run}")
     assert resumed.returncode == 0, resumed.stderr[-2000:]
 
