@@ -175,6 +175,9 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
         # last batch to the next validation, up to val_check_interval steps later: with a few photos (one batch
         # an epoch) no step checkpoint was written at all, and a killed run lost everything.
         save_on_train_epoch_end=True,
+        # A run's last.ckpt is written by FinalCheckpoint, then again by this callback where it saved none itself (a
+        # run shorter than every_n_steps): replaced, not kept beside it as last-v1.ckpt (one more per resume).
+        enable_version_counter=False,
     )
     logger = instantiate(cfg["logger"]) if cfg.get("logger") else False
     stop = StopAtStepEnd()

@@ -122,6 +122,13 @@ def test_step_checkpoints_when_every_step_ends_an_epoch(tmp_path: Path) -> None:
     assert {p.name for p in (tmp_path / "checkpoints").glob("step*.ckpt")} == {"step0000002.ckpt", "step0000004.ckpt"}
 
 
+def test_a_run_shorter_than_the_checkpoint_interval_keeps_one_last_checkpoint(tmp_path: Path) -> None:
+    run_training(tmp_path, "trainer.max_steps=2", "checkpoint.every_n_steps=5")
+    # Lightning's own save of the last step, after ours, went beside it as last-v1.ckpt.
+    assert sorted(p.name for p in (tmp_path / "checkpoints").iterdir()) == ["last.ckpt", "starry_night.safetensors"]
+    assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+
+
 def test_checkpoints_and_export(six_steps: Path) -> None:
     names = {p.name for p in (six_steps / "checkpoints").iterdir()}
     assert names == {"last.ckpt", "step0000003.ckpt", "step0000006.ckpt", "starry_night.safetensors"}
