@@ -34,6 +34,23 @@ from nst_ff.files import new_run_folder, removed_if_unused
 from nst_ff.paths import CONFIG_DIR
 from nst_ff.schema import ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig
 
+# Hydra's flags that print something and exit: its help, --info about the config search and composition, and
+# the shell completion scripts.
+HYDRA_INFO_FLAGS = ("--hydra-help", "--info", "-i", "--shell-completion", "-sc")
+
+
+def _hydra_information() -> None:
+    """Hydra's information flags go to Hydra as they are, nothing of the command's to check; ``--hydra-help`` alone,
+    since Hydra applied the other options to its own config, where they are unknown (a traceback)."""
+    arguments = sys.argv[1:]
+    if "--hydra-help" in arguments:
+        sys.argv[1:] = ["--hydra-help"]
+    elif {"-sc", "--shell-completion"} & set(arguments) and not any(
+        argument.split("=")[0] in ("install", "uninstall", "query") for argument in arguments
+    ):
+        with exit_on_user_error():
+            raise UserError(f"{' '.join(arguments)}: add install=bash (or zsh, fish), uninstall=bash or query=...")
+
 
 def _help(config_dir: Path, config_name: str, summary: str) -> bool:
     """``-h``/``--help``: print the command's options and return True. The config files are printed as they are,
@@ -84,6 +101,8 @@ def _check_command_line(
     read is taken as a string (``literal_values``: file names like ``IMG (1).jpg``, ``~/photos``). ``settings``: the
     job's validation, run here on each job (with a stand-in for the run folder Hydra makes later)."""
     register_resolvers()
+    if any(argument in HYDRA_INFO_FLAGS for argument in sys.argv[1:]):
+        return _hydra_information()
     if style_paths:
         sys.argv[1:] = style_path_overrides(sys.argv[1:])
     sys.argv[1:] = literal_values(sys.argv[1:])

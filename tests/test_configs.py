@@ -275,6 +275,23 @@ def test_help_prints_each_option_with_its_comment(script: str, flag: str, docume
     assert "\ninfer" not in result.stdout and "\nhydra:" not in result.stdout
 
 
+@pytest.mark.parametrize(
+    ("args", "status", "printed"),
+    [
+        # The help that --help advertises: "data.root: required" without options, a traceback with any.
+        (["--hydra-help"], 0, "Hydra (1."),
+        (["--hydra-help", "data.root=/tmp", "experiment=smoke"], 0, "Hydra (1."),
+        (["--info", "defaults", "experiment=smoke"], 0, "experiment/smoke"),
+        (["--shell-completion"], 2, "error: --shell-completion: add install=bash"),
+    ],
+)
+def test_hydra_s_information_flags_reach_hydra(args: list[str], status: int, printed: str) -> None:
+    command = [sys.executable, str(PROJECT_ROOT / "train.py"), *args]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert result.returncode == status and printed in result.stdout + result.stderr, result.stderr[-2000:]
+    assert "Traceback" not in result.stderr
+
+
 def test_paths_in_the_home_folder_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """README: nst-train ... data.root=~/photos. Hydra's grammar refuses an unquoted ~ (before: "cannot read this
     option"), and a quoted one stayed a folder named ~."""
