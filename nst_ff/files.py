@@ -41,6 +41,8 @@ def _temporary_beside(path: Path) -> tuple[int, str]:
 def require_writable(path: str | Path) -> None:
     """Raise ``OutputError`` now if ``path``'s folder cannot take a file: for commands that work for minutes
     before they write their output."""
+    if Path(path).is_dir():
+        raise OutputError(f"{path}: is a folder; give a file name to write")
     fd, tmp = _temporary_beside(Path(path))
     os.close(fd)
     os.unlink(tmp)

