@@ -115,12 +115,23 @@ def _own_run_folder(config_name: str) -> None:
     """Make this run's folder now, one no other run uses, and give it to Hydra. Hydra names it by the second
     (``outputs/<style>/<date_time>``), so two runs started in the same second (one per GPU, a loop with ``&``)
     shared one folder: one's checkpoints, model and recorded config over the other's. ``mkdir`` is atomic:
-    of two runs, one gets the name and the other ``<name>_2`` (``new_run_folder``). A folder the user chose is left to
-    them."""
+    of two runs, one gets the name and the other ``<name>_2`` (``new_run_folder``). A folder the user chose
+    (``hydra.run.dir=``) is theirs to share; it is only made here, where one that cannot be is one line."""
     arguments = sys.argv[1:]
-    if any(a.startswith("-") for a in arguments) or any(a.startswith("hydra.run.dir=") for a in arguments):
-        return  # a sweep (its own folders), --cfg, --help..., or hydra.run.dir given
+    given = [a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith("hydra.run.dir=")]
+    if any(a.startswith("-") for a in arguments):
+        return  # a sweep (its own folders), --cfg, --help...
     with exit_on_user_error():
+        if given:  # Hydra's own mkdir raised a traceback for a file there, or a folder that cannot be made
+            folder = Path(given[-1]).expanduser()
+            try:
+                folder.mkdir(parents=True, exist_ok=True)
+            except OSError as error:
+                reason = "a file is there" if folder.is_file() else error.strerror
+                raise UserError(
+                    f"hydra.run.dir={given[-1]}: cannot make the run folder ({reason}); give a folder you can write to"
+                ) from None
+            return
         folder = new_run_folder(run_folder(CONFIG_DIR, config_name, arguments))
     sys.argv += literal_values([f"hydra.run.dir={folder}"])
 
