@@ -3,6 +3,7 @@ writing anything of its own."""
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
@@ -53,6 +54,7 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     Raises ``OutputError`` when ``path``'s folder cannot take a file; errors of ``write`` itself propagate."""
     path = Path(path)
     fd, tmp = _temporary_beside(path)
+    _UNFINISHED.add(tmp)
     try:
         with os.fdopen(fd, "wb") as file:
             write(file)
@@ -66,6 +68,19 @@ def atomic_write(path: str | Path, write: Callable[[BinaryIO], object]) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    finally:
+        _UNFINISHED.discard(tmp)
+
+
+# Temporaries of the writes in progress. A second Ctrl-C can end the process while a writer thread is in the middle of
+# one (infer.py's writers, which the interpreter joins at exit): the truncated hidden file stayed beside the outputs.
+_UNFINISHED: set[str] = set()
+
+
+@atexit.register
+def _remove_unfinished() -> None:
+    for tmp in list(_UNFINISHED):
+        Path(tmp).unlink(missing_ok=True)
 
 
 def new_run_folder(path: Path) -> Path:

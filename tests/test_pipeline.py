@@ -4,6 +4,8 @@ run on the CPU)."""
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +18,7 @@ from PIL import Image
 import nst_ff.infer
 from nst_ff.images import read_picture
 from nst_ff.net import TransformerNet
+from nst_ff.paths import PROJECT_ROOT
 from nst_ff.pipeline import Writer, batched, overlapped, read_ahead
 from nst_ff.stylize import Stylizer
 from tests.conftest import SAMPLES
@@ -127,3 +130,26 @@ def test_the_first_error_of_any_stage_reaches_the_caller_and_stops_the_threads(s
         overlapped(items(), work, write, depth=2)
     assert type(error.value) is {"read": OSError, "work": KeyboardInterrupt, "write": ValueError}[stage]
     assert threading.active_count() == before
+
+
+def test_a_process_ended_in_the_middle_of_a_write_leaves_no_temporary_file(tmp_path: Path) -> None:
+    """A second Ctrl-C ends infer.py while its writer threads finish: a truncated hidden .tmp file stayed beside
+    the outputs, which later runs never removed."""
+    script = f"""
+import sys, threading, time
+from nst_ff.files import atomic_write
+started = threading.Event()
+def write(file):
+    file.write(b"half a JPEG")
+    started.set()
+    time.sleep(60)
+threading.Thread(target=atomic_write, args=({str(tmp_path / "photo.jpg")!r}, write), daemon=True).start()
+started.wait()
+print(sorted(p.name for p in __import__("pathlib").Path({str(tmp_path)!r}).iterdir()))
+sys.exit(130)
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60
+    )
+    assert result.returncode == 130 and ".photo.jpg." in result.stdout, result.stderr[-2000:]  # being written
+    assert list(tmp_path.iterdir()) == []
