@@ -125,6 +125,13 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     single_file = len(inputs) == 1 and inputs[0].is_file()
     # An existing folder is one whatever its name ends with (photos.jpg/).
     output_file = output is not None and output.suffix.lower() in MEDIA_EXTENSIONS and not output.is_dir()
+    if single_file and output is not None and output.suffix and not output_file and not output.exists():
+        # Before: o.pdf became a folder holding x_<model>.jpg.
+        kind = "video" if is_video(inputs[0]) else "image"
+        raise UserError(
+            f"{output}: not an {kind} file type for the output of {inputs[0]}; end the name with one of "
+            f"{', '.join(VIDEO_EXTENSIONS if kind == 'video' else IMAGE_EXTENSIONS)} (or make the folder first)"
+        )
     if single_file and (output is None or output_file):
         source = inputs[0]
         if output is not None and is_video(source) != is_video(output):

@@ -126,6 +126,8 @@ def test_inputs_are_never_overwritten(model: Path, tmp_path: Path) -> None:
         (["input=/no/such.jpg"], "/no/such.jpg: no such file or folder"),
         (["strength=2"], "strength=2"),
         (["output=/proc/forbidden/out.jpg"], "cannot write"),
+        # Before: a folder named styled.pdf (here, under /proc, a failure to make it).
+        (["output=/proc/forbidden/styled.pdf"], "styled.pdf: not an image file type for the output of"),
     ],
 )
 def test_bad_arguments_give_one_line(model: Path, args: list[str], message: str) -> None:
