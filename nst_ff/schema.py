@@ -295,6 +295,11 @@ class TrainConfig:
         else:
             allowed = "required: the painting's image file (or a style= name)"
             require(self.style.image is not None, "style.image", None, allowed)
+            # Before: ignored, and a style network trained as if it had not been given.
+            allowed = (
+                "only experiment=distill has a teacher (a light model learns to reproduce it); add it, or drop teacher"
+            )
+            require(self.teacher is None, "teacher", self.teacher, allowed)
         crop = self.data.crop_size
         allowed = f"must be between 16 and data.image_size={self.data.image_size}"
         require(crop is None or 16 <= crop <= self.data.image_size, "data.crop_size", crop, allowed)
