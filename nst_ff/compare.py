@@ -191,6 +191,13 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     for option, value, least in (("--size", args.size, 16), ("--steps", args.steps, 0), ("--limit", args.limit, 0)):
         if value < least:
             raise UserError(f"{option} {value}: must be {least} or more")
+    out = Path(args.out)
+    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "report.json").is_file())):
+        # Before: its report.md and grids written over the files of whatever folder --out named.
+        raise UserError(
+            f"--out {out}: holds files of its own, not an earlier comparison's; give a new or empty folder "
+            "(the report and its grids go there)"
+        )
     content = Path(args.content)
     paths = find_images(content) if content.is_dir() else [content]
     paths = paths[: args.limit or None]
@@ -200,7 +207,6 @@ def compare(args: argparse.Namespace) -> list[dict[str, Any]]:
     if not paths:
         raise UserError(f"{content}: no readable photos; pass a photo or a folder of photos to --content")
     reports = [compare_model(*model, paths, args) for model in zip(args.model, model_names(args.model), strict=True)]
-    out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "report.json").write_text(json.dumps({"size": args.size, "models": reports}, indent=2))
     (out / "report.md").write_text(markdown(reports, args.size))

@@ -129,3 +129,20 @@ def test_a_broken_photo_is_skipped_not_the_comparison(tmp_path: Path) -> None:
     assert "skipped" in result.stderr and "a_broken.jpg" in result.stderr
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["models"][0]["rows"]
     assert [row["image"] for row in rows] == ["b_chelsea.jpg"]
+
+
+def test_an_out_folder_of_other_files_is_refused_and_an_earlier_report_s_is_replaced(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "report.md").write_text("my notes")
+    args = ("--model", "starry_night_fast", "--steps", "0", "--size", "32", "--device", "cpu")
+    status, _, stderr = compare_stopped(capsys, notes, *args)
+    # Before: report.md and the grids written over the folder's own files.
+    assert status == 2 and stderr.startswith(f"error: --out {notes}: holds files of its own")
+    assert (notes / "report.md").read_text() == "my notes"
+    report = tmp_path / "report"
+    for _ in range(2):  # a comparison again into its own folder: the usual way to refresh it
+        main(["--content", str(SAMPLES), "--out", str(report), *args, "--limit", "1"])
+    assert json.loads((report / "report.json").read_text())["size"] == 32
