@@ -42,9 +42,20 @@ class StopAtStepEnd(pl.Callback):
         self.forced: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
+    def arm(self, trainer: pl.Trainer) -> None:
+        """Before the fit: a signal while it starts (Lightning's set-up, a resumed checkpoint's restore, the first
+        step's compilation) stops it at once (``forced``), where Lightning exited with status 1 and no word."""
+        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
+            self._previous = {signum: signal.signal(signum, self._stop_now) for signum in self.SIGNALS}
+
+    def _stop_now(self, signum: int, frame: FrameType | None) -> None:
+        self.forced = signal.Signals(signum)
+        raise KeyboardInterrupt
+
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
+            handlers = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
+            self._previous = self._previous or handlers  # those from before arm(), if it ran
 
     def _request(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:

@@ -10,17 +10,31 @@ Each command imports its package module when it runs, so that e.g. nst-infer doe
 from __future__ import annotations
 
 import os
+import signal
 import sys
 import textwrap
+import threading
 from collections.abc import Callable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
-import hydra
-from hydra.core.hydra_config import HydraConfig
-from omegaconf import DictConfig, OmegaConf
 
-from nst_ff.config import (
+def _stopped_while_loading(signum: int, frame: FrameType | None) -> None:
+    print("stopped (Ctrl-C); nothing done yet", file=sys.stderr)
+    os._exit(128 + signum)
+
+
+# A Ctrl-C while torch, Hydra and the rest load (a second or two at each command's start) was a traceback through
+# their import machinery; nothing is done yet then, so the command just ends. The usual handler is back after.
+_LOADING = threading.current_thread() is threading.main_thread()
+_USUAL = signal.signal(signal.SIGINT, _stopped_while_loading) if _LOADING else None
+
+import hydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from nst_ff.config import (  # noqa: E402
     check_command_line,
     job_command,
     literal_values,
@@ -29,10 +43,16 @@ from nst_ff.config import (
     style_path_overrides,
     validate,
 )
-from nst_ff.errors import UserError, exit_on_ctrl_c, exit_on_user_error
-from nst_ff.files import new_run_folder, removed_if_unused
-from nst_ff.paths import CONFIG_DIR
-from nst_ff.schema import ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig
+from nst_ff.errors import UserError, exit_on_ctrl_c, exit_on_user_error  # noqa: E402
+from nst_ff.files import new_run_folder, removed_if_unused  # noqa: E402
+from nst_ff.paths import CONFIG_DIR  # noqa: E402
+from nst_ff.schema import ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig  # noqa: E402
+
+if _LOADING:
+    signal.signal(signal.SIGINT, _USUAL)
+
+# What a Ctrl-C while a command reads its options has stopped; the commands' own work says more.
+NOTHING_DONE = "nothing done yet"
 
 # Hydra's flags that print something and exit: its help, --info about the config search and composition, and
 # the shell completion scripts.
@@ -174,7 +194,9 @@ def _launch(config_dir: Path, config_name: str, job: Callable[[DictConfig], None
 def _train(cfg: DictConfig) -> None:
     from nst_ff.training import train as fit
 
-    with exit_on_user_error(), removed_if_unused(HydraConfig.get().runtime.output_dir):
+    # Ctrl-C while the run starts (photos, painting, VGG): after it, training stops at a step's end (StopAtStepEnd).
+    stopped = "nothing written: it stopped before training began"
+    with exit_on_user_error(), exit_on_ctrl_c(stopped), removed_if_unused(HydraConfig.get().runtime.output_dir):
         fit(_train_settings(cfg), command=job_command())
 
 
@@ -186,10 +208,11 @@ def train() -> None:
     """Train a style's network (conf/train.yaml); the run folder is outputs/<style>/<time> in the current folder."""
     if _help(CONFIG_DIR, "train", "train a style's network; the run folder is outputs/<style>/<time> here"):
         return
-    _check_command_line(CONFIG_DIR, "train", style_paths=True, settings=_train_settings)
-    _keep_earlier_run()
-    _own_run_folder("train")
-    _train()
+    with exit_on_ctrl_c(NOTHING_DONE):
+        _check_command_line(CONFIG_DIR, "train", style_paths=True, settings=_train_settings)
+        _keep_earlier_run()
+        _own_run_folder("train")
+        _train()
 
 
 def _infer(cfg: DictConfig) -> None:
@@ -204,7 +227,8 @@ def infer() -> None:
     """Stylise photos and videos with a model (conf/infer/infer.yaml)."""
     if _help(CONFIG_DIR / "infer", "infer", "stylise photos and videos with a trained model"):
         return
-    _launch(CONFIG_DIR / "infer", "infer", _infer)
+    with exit_on_ctrl_c(NOTHING_DONE):
+        _launch(CONFIG_DIR / "infer", "infer", _infer)
 
 
 @hydra.main(version_base="1.3", config_path=str(CONFIG_DIR), config_name="optimize")
@@ -224,15 +248,16 @@ def optimize() -> None:
     """Stylise one photo by optimising its pixels (conf/optimize.yaml)."""
     if _help(CONFIG_DIR, "optimize", "stylise one photo by optimising its pixels (Gatys et al.)"):
         return
-    _check_command_line(CONFIG_DIR, "optimize", style_paths=True, settings=_optimize_settings)
-    _own_run_folder("optimize")
-    _optimize()
+    with exit_on_ctrl_c(NOTHING_DONE):
+        _check_command_line(CONFIG_DIR, "optimize", style_paths=True, settings=_optimize_settings)
+        _own_run_folder("optimize")
+        _optimize()
 
 
 def _export(cfg: DictConfig) -> None:
     from nst_ff.onnx import main
 
-    with exit_on_user_error():
+    with exit_on_user_error(), exit_on_ctrl_c("nothing written (the file is written whole at the end)"):
         sys.exit(main(**validate(cfg, ExportConfig)))
 
 
@@ -240,7 +265,8 @@ def export() -> None:
     """Export a model to ONNX (conf/onnx/export.yaml)."""
     if _help(CONFIG_DIR / "onnx", "export", "export a model to ONNX"):
         return
-    _launch(CONFIG_DIR / "onnx", "export", _export)
+    with exit_on_ctrl_c(NOTHING_DONE):
+        _launch(CONFIG_DIR / "onnx", "export", _export)
 
 
 def _serve(cfg: DictConfig) -> None:

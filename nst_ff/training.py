@@ -189,6 +189,7 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     datamodule.require_batches(processes=trainer.world_size)
     if logger:
         logger.log_hyperparams(cfg)
+    stop.arm(trainer)
     try:
         # weights_only: resuming never unpickles code from a checkpoint file.
         trainer.fit(model, datamodule=datamodule, ckpt_path=cfg["ckpt_path"], weights_only=True)
@@ -200,7 +201,9 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
         # The newest whole checkpoint: the signal may have come between a step's checkpoint and last.ckpt's copy.
         saved = max(last.parent.glob("*.ckpt"), key=lambda path: path.stat().st_mtime, default=None)
         kept = f"resume with the same options and ckpt_path={saved}" if saved else "no checkpoint yet"
-        print(f"stopped at once ({stop.forced.name} again), not exported; {kept}", file=sys.stderr)
+        signal_name = stop.forced.name
+        when = f"at once ({signal_name} again)" if stop.requested else f"before the first step ({signal_name})"
+        print(f"stopped {when}, not exported; {kept}", file=sys.stderr)
         sys.exit(128 + stop.forced)
     finally:
         stop.restore()

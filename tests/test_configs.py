@@ -293,6 +293,25 @@ def test_hydra_s_information_flags_reach_hydra(args: list[str], status: int, pri
     assert "Traceback" not in result.stderr
 
 
+def test_a_ctrl_c_while_a_command_loads_is_one_line() -> None:
+    """Before: a traceback through torch's or Hydra's import machinery (the first second or two of every command)."""
+    script = """
+import importlib.abc, os, signal, sys
+class CtrlC(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path, target=None):
+        if name == "omegaconf":  # while nst_ff.cli imports Hydra
+            os.kill(os.getpid(), signal.SIGINT)
+sys.meta_path.insert(0, CtrlC())
+import nst_ff.cli
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=60
+    )
+    assert result.returncode == 130 and result.stderr == "stopped (Ctrl-C); nothing done yet\n", result.stderr[-2000:]
+    loaded = "import signal, nst_ff.cli; assert signal.getsignal(signal.SIGINT) is signal.default_int_handler"
+    assert subprocess.run([sys.executable, "-c", loaded], cwd=PROJECT_ROOT, timeout=60).returncode == 0
+
+
 def test_paths_in_the_home_folder_are_expanded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """README: nst-train ... data.root=~/photos. Hydra's grammar refuses an unquoted ~ (before: "cannot read this
     option"), and a quoted one stayed a folder named ~."""

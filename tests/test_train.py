@@ -12,6 +12,7 @@ import threading
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import pytest
 import pytorch_lightning as pl
@@ -27,7 +28,7 @@ from nst_ff.device import auto_precision
 from nst_ff.errors import UserError
 from nst_ff.export import ModelFileError, load_model
 from nst_ff.files import OutputError, new_run_folder
-from nst_ff.module import clip_to_running_norm
+from nst_ff.module import StyleTransferModule, clip_to_running_norm
 from nst_ff.paths import CONFIG_DIR, PROJECT_ROOT
 from nst_ff.schema import TrainConfig
 from nst_ff.training import build_trainer, train
@@ -338,6 +339,27 @@ def test_a_ctrl_c_while_the_last_checkpoint_is_written_still_exports_the_finishe
     assert "SIGINT: stopping at the end of this step" in capsys.readouterr().err
     assert exported == tmp_path / "checkpoints" / "starry_night.safetensors" and exported.is_file()
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 2
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+def test_a_ctrl_c_while_the_fit_starts_stops_at_once_in_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: Lightning's "Detected KeyboardInterrupt, attempting graceful shutdown", exit status 1, SIGINT left
+    ignored, and no word on what was kept."""
+    configure = StyleTransferModule.configure_optimizers
+
+    def ctrl_c_during_set_up(module: StyleTransferModule) -> Any:
+        os.kill(os.getpid(), signal.SIGINT)  # handled in this (the main) thread, inside Lightning's set-up
+        return configure(module)
+
+    monkeypatch.setattr(StyleTransferModule, "configure_optimizers", ctrl_c_during_set_up)
+    with pytest.raises(SystemExit) as stopped:
+        run_training(tmp_path, "trainer.max_steps=2")
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert "stopped before the first step (SIGINT), not exported; no checkpoint yet" in err
+    assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
