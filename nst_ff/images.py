@@ -115,7 +115,9 @@ def read_picture(path: str | Path, dtype: torch.dtype = torch.float32, min_short
     except IsADirectoryError:
         raise ImageError(f"{path}: is a folder, not an image") from None
     except UnidentifiedImageError:
-        raise ImageError(f"{path}: not an image file (or a format Pillow cannot read)") from None
+        empty = Path(path).stat().st_size == 0
+        what = "an empty file" if empty else "not an image file (or a format Pillow cannot read)"
+        raise ImageError(f"{path}: {what}; give a JPEG, PNG, WebP, BMP or TIFF image") from None
     except Image.DecompressionBombError:
         limit = 2 * (Image.MAX_IMAGE_PIXELS or 0) / 1e6  # Pillow refuses twice its warning threshold
         raise ImageError(

@@ -139,7 +139,7 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
             raise UserError(f"{output}: the output of {source} must be {kind} file ({', '.join(extensions)})")
         return [(source, output or source.with_name(f"{source.stem}_{model_name}{output_suffix(source)}"))]
     if output_file:
-        raise UserError(f"{output}: several inputs need an output folder, not a file name")
+        raise UserError(f"{output}: a folder or several inputs need an output folder, not a file name")
     pairs = []
     for source in inputs:
         if source.is_dir():
@@ -201,6 +201,8 @@ def run(cfg: dict) -> int:
         claimed[target.resolve()] = source.resolve()
         if target.resolve() in input_files:
             failures.append(f"{target}: is an input; choose another output so inputs are never overwritten")
+        elif target.is_dir():  # before: "kept" without overwrite=true, as if it were an earlier output
+            failures.append(f"{target}: is a folder, where {source}'s output goes; move it or choose another output")
         elif target.exists() and not cfg["overwrite"]:
             kept.append(target)
         else:

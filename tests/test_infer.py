@@ -110,6 +110,18 @@ def test_existing_outputs_are_kept_unless_overwrite(model: Path, tmp_path: Path)
     assert result.returncode == 0 and Image.open(out).size == (600, 400)
 
 
+def test_a_folder_where_an_output_would_go_is_a_failure_not_a_kept_output(model: Path, tmp_path: Path) -> None:
+    (tmp_path / "out" / "coffee.jpg").mkdir(parents=True)  # where the folder run writes coffee.jpg's output
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(SAMPLES / "coffee.jpg", photos)
+    shutil.copy(SAMPLES / "chelsea.jpg", photos)
+    result = infer(f"model={model}", f"input={photos}", f"output={tmp_path / 'out'}")
+    # Before: "kept .../coffee.jpg (exists; overwrite=true replaces it)" and exit 0.
+    assert result.returncode == 1 and "coffee.jpg: is a folder, where" in result.stderr and "kept" not in result.stdout
+    assert Image.open(tmp_path / "out" / "chelsea.jpg").size == Image.open(SAMPLES / "chelsea.jpg").size
+
+
 def test_inputs_are_never_overwritten(model: Path, tmp_path: Path) -> None:
     photo = tmp_path / "photo.jpg"
     shutil.copy(SAMPLES / "coffee.jpg", photo)
