@@ -26,9 +26,14 @@ def _stopped_while_loading(signum: int, frame: FrameType | None) -> None:
 
 
 # A Ctrl-C while torch, Hydra and the rest load (a second or two at each command's start) was a traceback through
-# their import machinery; nothing is done yet then, so the command just ends. The usual handler is back after.
-_LOADING = threading.current_thread() is threading.main_thread()
-_USUAL = signal.signal(signal.SIGINT, _stopped_while_loading) if _LOADING else None
+# their import machinery; nothing is done yet then, so the command just ends. Python's usual handler is back after
+# (one set otherwise, e.g. a shell's SIG_IGN for a background job, is left alone).
+_LOADING = (
+    threading.current_thread() is threading.main_thread()
+    and signal.getsignal(signal.SIGINT) is signal.default_int_handler
+)
+if _LOADING:
+    signal.signal(signal.SIGINT, _stopped_while_loading)
 
 import hydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
@@ -49,7 +54,7 @@ from nst_ff.paths import CONFIG_DIR  # noqa: E402
 from nst_ff.schema import ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig  # noqa: E402
 
 if _LOADING:
-    signal.signal(signal.SIGINT, _USUAL)
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 # What a Ctrl-C while a command reads its options has stopped; the commands' own work says more.
 NOTHING_DONE = "nothing done yet"
