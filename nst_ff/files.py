@@ -27,7 +27,10 @@ class OutputError(UserError, OSError):
 
 
 def cannot_write(path: str | Path, error: OSError) -> str:
-    return f"{path}: cannot write ({error.strerror or error}); choose a writable output"
+    # mkdir's "File exists" when a file stands where a folder of the path would be: which one.
+    in_the_way = next((folder for folder in Path(path).parents if folder.is_file()), None)
+    reason = f"{in_the_way} is a file, not a folder" if in_the_way else error.strerror or error
+    return f"{path}: cannot write ({reason}); choose a writable output"
 
 
 def _temporary_beside(path: Path) -> tuple[int, str]:

@@ -197,11 +197,16 @@ def output_format(path: str | Path) -> str:
     return fmt
 
 
+def keeps_alpha(path: str | Path) -> bool:
+    """Whether ``path``'s image type has an alpha channel (JPEG and BMP have none)."""
+    return output_format(path) in ("PNG", "WEBP", "TIFF")
+
+
 def write_picture(path: str | Path, rgb: torch.Tensor, alpha: torch.Tensor | None = None) -> None:
     """Write atomically (never a half-written file at ``path``). Formats without alpha (JPEG, BMP) drop it."""
     path = Path(path)
     fmt = output_format(path)
-    keep_alpha = alpha is not None and fmt in ("PNG", "WEBP", "TIFF")
+    keep_alpha = alpha is not None and keeps_alpha(path)
     pil = to_pil(rgb, alpha if keep_alpha else None)
     options = {"quality": 95} if fmt in ("JPEG", "WEBP") else {}
     try:

@@ -23,6 +23,7 @@ from nst_ff.images import (
     ImageError,
     Picture,
     find_images,
+    keeps_alpha,
     read_picture,
     to_float,
     to_uint8,
@@ -301,6 +302,9 @@ def stylize_files(stylizer: Stylizer, pairs: list[tuple[Path, Path]], options: d
             ready.synchronize()
         write_picture(target, hwc.permute(2, 0, 1), alpha)
         progress.write(f"wrote {target}")
+        opaque = 255 if alpha is not None and alpha.dtype == torch.uint8 else 1
+        if alpha is not None and not keeps_alpha(target) and bool((alpha < opaque).any()):  # before: without a word
+            progress.write(f"note: {target}: transparency dropped ({target.suffix} has none; a .png output keeps it)")
 
     def done(target: Path, future: Future) -> None:
         progress.update()

@@ -122,6 +122,16 @@ def test_a_folder_where_an_output_would_go_is_a_failure_not_a_kept_output(model:
     assert Image.open(tmp_path / "out" / "chelsea.jpg").size == Image.open(SAMPLES / "chelsea.jpg").size
 
 
+def test_transparency_dropped_by_a_jpeg_output_is_said(model: Path, tmp_path: Path) -> None:
+    photo = Image.open(SAMPLES / "chelsea.jpg").convert("RGBA")
+    photo.save(tmp_path / "opaque.png")  # an alpha channel with nothing transparent: nothing to say
+    photo.putalpha(Image.linear_gradient("L").resize(photo.size))
+    photo.save(tmp_path / "faded.png")
+    for name, said in (("faded", True), ("opaque", False)):
+        result = infer(f"model={model}", f"input={tmp_path / name}.png", f"output={tmp_path / name}_styled.jpg")
+        assert result.returncode == 0 and ("transparency dropped" in result.stdout) == said, result.stdout
+
+
 def test_inputs_are_never_overwritten(model: Path, tmp_path: Path) -> None:
     photo = tmp_path / "photo.jpg"
     shutil.copy(SAMPLES / "coffee.jpg", photo)

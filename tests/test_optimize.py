@@ -209,7 +209,7 @@ def test_ctrl_c_or_sigterm_writes_the_best_image_so_far(tmp_path: Path, stop: si
         # Before: found only when writing, after the whole optimization, which left its run folder.
         ("output={tmp}/cat.txt", "cat.txt: unknown output image type"),
         # Before: found after the whole optimization. A file stands where the output's folder would be.
-        ("output={tmp}/notes.txt/cat.jpg", "notes.txt/cat.jpg: cannot write (File exists); choose a writable output"),
+        ("output={tmp}/notes.txt/cat.jpg", "notes.txt/cat.jpg: cannot write ({tmp}/notes.txt is a file, not a folder)"),
         # Before: "exists; pass overwrite=true", and with overwrite=true "Is a directory" after the whole optimization.
         ("output={tmp}", "{tmp}: is a folder; give a file name to write"),
     ],
