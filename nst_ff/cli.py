@@ -136,6 +136,11 @@ def _check_command_line(
         return check_command_line(config_dir, config_name, sys.argv[1:], check_job)
 
 
+def _values(arguments: list[str], key: str) -> list[str]:
+    """The values the command line gives ``key`` (``key=value``), in order, without quotes."""
+    return [a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith(f"{key}=")]
+
+
 def _own_run_folder(config_name: str) -> None:
     """Make this run's folder now, one no other run uses, and give it to Hydra. Hydra names it by the second
     (``outputs/<style>/<date_time>``), so two runs started in the same second (one per GPU, a loop with ``&``)
@@ -143,7 +148,7 @@ def _own_run_folder(config_name: str) -> None:
     of two runs, one gets the name and the other ``<name>_2`` (``new_run_folder``). A folder the user chose
     (``hydra.run.dir=``) is theirs to share; it is only made here, where one that cannot be is one line."""
     arguments = sys.argv[1:]
-    given = [a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith("hydra.run.dir=")]
+    given = _values(arguments, "hydra.run.dir")
     if any(a.startswith("-") for a in arguments):
         return  # a sweep (its own folders), --cfg, --help...
     with exit_on_user_error():
@@ -166,10 +171,8 @@ def _keep_earlier_run() -> None:
     new run there, or the resume of another run, put its checkpoints among the earlier run's and wrote its model and
     recorded config over them."""
     arguments = sys.argv[1:]
-    given = [a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith("hydra.run.dir=")]
-    resumed = [
-        a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith("ckpt_path=") and a != "ckpt_path=null"
-    ]
+    given = _values(arguments, "hydra.run.dir")
+    resumed = [value for value in _values(arguments, "ckpt_path") if value != "null"]
     if not given or any(a.startswith("-") for a in arguments):
         return
     checkpoints = Path(given[-1]).expanduser() / "checkpoints"

@@ -302,8 +302,8 @@ def stylize_files(stylizer: Stylizer, pairs: list[tuple[Path, Path]], options: d
             ready.synchronize()
         write_picture(target, hwc.permute(2, 0, 1), alpha)
         progress.write(f"wrote {target}")
-        opaque = 255 if alpha is not None and alpha.dtype == torch.uint8 else 1
-        if alpha is not None and not keeps_alpha(target) and bool((alpha < opaque).any()):  # before: without a word
+        # (read_hwc's 8-bit alpha: 255 is opaque) Before: dropped without a word.
+        if alpha is not None and not keeps_alpha(target) and bool((alpha < 255).any()):
             progress.write(f"note: {target}: transparency dropped ({target.suffix} has none; a .png output keeps it)")
 
     def done(target: Path, future: Future) -> None:
