@@ -189,6 +189,10 @@ def to_blocks(x: torch.Tensor) -> torch.Tensor:
     """(N, C, H, W) with H and W even -> (N, 4C, H/2, W/2): each 2x2 block of pixels as the channels of one,
     ordered (row phase, column phase, channel). ``F.pixel_unshuffle`` orders them channel first, which in
     channels_last memory gathers single values (6x slower here than moving rows of 2C values)."""
+    if torch.compiler.is_exporting():
+        # torch.export cannot prove that a symbolic height and width are even, as the reshapes below need:
+        # strided slices instead (ONNX Slice).
+        return torch.cat([x[..., row::2, col::2] for row in (0, 1) for col in (0, 1)], dim=1)
     n, c, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n, h // 2, 2, w // 2, 2 * c)
     return rows.transpose(2, 3).reshape(n, h // 2, w // 2, 4 * c).permute(0, 3, 1, 2)
@@ -196,6 +200,8 @@ def to_blocks(x: torch.Tensor) -> torch.Tensor:
 
 def from_blocks(x: torch.Tensor) -> torch.Tensor:
     """The inverse of ``to_blocks``."""
+    if torch.compiler.is_exporting():  # as in to_blocks: channels reordered for pixel_shuffle (ONNX DepthToSpace)
+        return F.pixel_shuffle(x.unflatten(1, (4, -1)).transpose(1, 2).flatten(1, 2), 2)
     n, c4, h, w = x.shape
     rows = x.permute(0, 2, 3, 1).reshape(n, h, w, 2, c4 // 2)
     return rows.transpose(2, 3).reshape(n, 2 * h, 2 * w, c4 // 4).permute(0, 3, 1, 2)

@@ -9,16 +9,18 @@ the file stays at 18); onnxruntime 1.14+ and TensorRT 8.6+ read it, and the grap
 The TorchScript-based exporter (``dynamo=False``) is not used: its tracer cannot follow the size
 arithmetic (``torch.sym_max`` refuses its traced sizes, and with Python's ``max`` the file it wrote turned
 a 37x53 image into 36x52).
-pytorch/pytorch#99140 (the TorchScript exporter fails on nn.InstanceNorm2d after an upsampling, whose
-channel count its shape inference loses) cannot bite either exporter here: ``nst_ff.net.InstanceNorm``
-computes its statistics with ``var_mean`` and never calls ``instance_norm`` (tests/test_onnx.py exports
-instance norm after nearest and bilinear upsampling).
+The network is traced in the forms that run fastest in onnxruntime (``nst_ff.execution.export_execution``):
+torch's instance norm (an InstanceNormalization node) and the sub-pixel layers. pytorch/pytorch#99140 (the
+TorchScript exporter fails on instance norm after an upsampling, whose channel count its shape inference
+loses) does not bite the dynamo exporter: tests/test_onnx.py exports instance norm after nearest and bilinear
+upsampling.
 
 onnx, onnxscript (export) and onnxruntime (running, checking) are optional: ``pip install 'nst-ff[onnx]'``.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -31,6 +33,7 @@ from torch import nn
 
 from nst_ff import errors
 from nst_ff.errors import UserError, brief
+from nst_ff.execution import export_execution
 from nst_ff.export import ModelFileError, load_model, resolve_model
 from nst_ff.files import atomic_write
 from nst_ff.images import load_image, resize
@@ -70,7 +73,7 @@ def to_onnx(net: TransformerNet, metadata: dict[str, Any], opset: int = OPSET) -
     metadata_props."""
     for module in ("onnx", "onnxscript"):
         require(module)
-    net = net.eval().float().cpu()
+    net = export_execution().prepare(copy.deepcopy(net).eval())  # the caller's network keeps its forms
     dims = {
         0: torch.export.Dim("batch", min=1),
         2: torch.export.Dim("height", min=1),
