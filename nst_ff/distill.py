@@ -18,7 +18,7 @@ from torchvision.utils import make_grid
 
 from nst_ff.compare import style_image_path
 from nst_ff.errors import UserError
-from nst_ff.export import load_model, resolve_model
+from nst_ff.export import load_model, model_with_weights
 from nst_ff.files import file_sha256
 from nst_ff.module import StyleTransferModule
 from nst_ff.perceptual import PerceptualLoss, VGGEncoder
@@ -59,7 +59,7 @@ class DistillModule(StyleTransferModule):
     ) -> None:
         if not teacher:
             raise UserError("teacher is not set: pass teacher=<shipped model name or model file>")
-        teacher_path = resolve_model(teacher)
+        teacher_path = model_with_weights("teacher", teacher)
         teacher_net, meta = load_model(teacher_path)
         missing = [key for key in ("style", "loss") if key not in meta]
         if missing:

@@ -108,6 +108,18 @@ def resolve_model(name_or_path: str) -> Path:
     )
 
 
+def model_with_weights(option: str, name_or_path: str) -> Path:
+    """``resolve_model`` for an option that needs the model's weights (``model.init_from``, ``teacher``,
+    nst-export's ``model``): an ONNX export holds a graph that only onnxruntime runs."""
+    path = resolve_model(name_or_path)
+    if path.suffix.lower() == ".onnx":
+        raise UserError(
+            f"{option}={name_or_path}: {path} is an ONNX export, which holds no weights torch can use; give the "
+            "model's .safetensors or .ckpt"
+        )
+    return path
+
+
 def load_model(path: str | Path) -> tuple[TransformerNet, dict[str, Any]]:
     """Load an exported model (``.safetensors``) or a training checkpoint (``.ckpt``) for inference; an ONNX
     export (``.onnx``) gives an ``nst_ff.onnx.OnnxNet``, which runs like a TransformerNet but has no weights."""

@@ -19,7 +19,7 @@ from nst_ff.execution import (
     fused_optimizer,
     training_execution,
 )
-from nst_ff.export import load_model, resolve_model, run_record
+from nst_ff.export import load_model, model_with_weights, run_record
 from nst_ff.files import file_sha256
 from nst_ff.net import TransformerNet
 from nst_ff.perceptual import LossTerms, PerceptualLoss
@@ -34,7 +34,7 @@ def load_initial_weights(name_or_path: str, config: dict[str, Any]) -> dict[str,
 
     Starting from another style's model is a fine-tuning shortcut: the network already reconstructs
     photos and only has to learn the new texture."""
-    path = resolve_model(name_or_path)
+    path = model_with_weights("model.init_from", name_or_path)
     net, _ = load_model(path)
     if net.config != config:
         raise UserError(f"{path}: model.init_from has network {net.config}, this run builds {config}; match model.net")

@@ -34,7 +34,7 @@ from torch import nn
 from nst_ff import errors
 from nst_ff.errors import UserError, brief
 from nst_ff.execution import export_execution
-from nst_ff.export import ModelFileError, load_model, resolve_model
+from nst_ff.export import ModelFileError, load_model, model_with_weights
 from nst_ff.files import atomic_write
 from nst_ff.images import load_image, resize
 from nst_ff.net import TransformerNet
@@ -174,9 +174,7 @@ def export_file(net: TransformerNet, metadata: dict[str, Any], output: str | Pat
 def main(model: str, output: str | None = None, opset: int = OPSET, overwrite: bool = False) -> int:
     """The nst-export command: ``model`` (a shipped name, .safetensors or .ckpt) -> ``output`` (an .onnx
     file or a folder; default ``<model name>.onnx`` in the current folder). Returns the exit status."""
-    path = resolve_model(model)
-    if path.suffix.lower() == ".onnx":
-        raise UserError(f"model={model}: already an ONNX file; export a .safetensors or .ckpt model")
+    path = model_with_weights("model", model)
     target = Path(output or f"{path.stem}.onnx")
     if target.is_dir() or (output or "").endswith(("/", os.sep)):  # a folder, or one to make (output=exports/)
         target = target / f"{path.stem}.onnx"

@@ -14,9 +14,11 @@ import torch
 from PIL import Image
 
 from nst_ff import onnx as nst_onnx
+from nst_ff.distill import DistillModule
 from nst_ff.errors import UserError
 from nst_ff.export import ModelFileError, load_model, save_model
 from nst_ff.images import load_image, resize
+from nst_ff.module import load_initial_weights
 from nst_ff.net import TransformerNet
 from nst_ff.paths import PROJECT_ROOT
 from nst_ff.stylize import Stylizer
@@ -166,6 +168,19 @@ def test_bad_inputs_are_one_line_errors(tmp_path: Path) -> None:
     with pytest.raises(ModelFileError, match=r"garbage\.onnx: not a readable ONNX model") as error:
         load_model(garbage)
     assert "\n" not in str(error.value)
+
+
+@needs_onnx
+def test_options_that_need_weights_refuse_an_onnx_export(exported: tuple[TransformerNet, Path]) -> None:
+    net, path = exported
+    # Before: training from it failed in load_state_dict (Hydra's report, exit 1).
+    refused = rf"{path}: {path} is an ONNX export, which holds no weights torch can use"
+    with pytest.raises(UserError, match=rf"^model.init_from={refused}"):
+        load_initial_weights(str(path), net.config)
+    with pytest.raises(UserError, match=rf"^teacher={refused}"):
+        DistillModule(net={"channels": 8, "num_res_blocks": 1}, teacher=str(path))
+    with pytest.raises(UserError, match=rf"^model={refused}"):
+        nst_onnx.main(str(path))
 
 
 @pytest.mark.parametrize("missing", ["onnxruntime", "onnx", "onnxscript"])
