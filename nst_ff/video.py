@@ -24,7 +24,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from nst_ff.errors import UserError
-from nst_ff.files import OutputError, atomic_write
+from nst_ff.files import OutputError, atomic_write, cannot_write
 from nst_ff.media import X264_PRESETS
 from nst_ff.pipeline import overlapped
 
@@ -171,6 +171,11 @@ class _Encoder:
         self.stream.width, self.stream.height = width, height
         if rotation and not self.turns:
             self.stream.set_display_rotation(rotation)
+        # Non-square pixels (DV, DVD, HDV, anamorphic): without their shape the picture is shown squeezed. H.264
+        # records them in its stream; the .webm (VP9) and .gif outputs keep square pixels.
+        if source_stream.sample_aspect_ratio:
+            aspect = source_stream.sample_aspect_ratio
+            self.stream.codec_context.sample_aspect_ratio = 1 / aspect if self.turns % 2 else aspect
         # Frames keep their timestamps, in the input's time base; AVI has no timestamps, only a frame rate.
         self.source_time_base = source_stream.time_base
         self.time_base = 1 / _frame_rate(source_stream) if container_format == "avi" else self.source_time_base
@@ -322,6 +327,8 @@ def stylize_video(
             raise VideoError(str(error)) from None
         except av.FFmpegError as error:
             raise VideoError(f"{target}: cannot write the video ({_reason(error)})") from None
+        except OSError as error:  # PyAV writes through the Python file: a full disk, a quota
+            raise VideoError(cannot_write(target, error)) from None
         finally:
             bar.close()
         return written

@@ -4,9 +4,12 @@ leave nothing behind."""
 from __future__ import annotations
 
 import itertools
+import resource
 import shutil
+import signal
 import subprocess
 import sys
+from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +19,7 @@ import pytest
 import torch
 
 from nst_ff.images import load_image
+from nst_ff.paths import PROJECT_ROOT
 from nst_ff.temporal import MOTIONS, synthetic_clip
 from nst_ff.video import VideoError, stylize_video
 from tests.conftest import SAMPLES
@@ -26,10 +30,15 @@ SAMPLE_RATE = 48000
 
 
 def make_clip(
-    path: Path, seconds: int = 2, size: tuple[int, int] = (120, 160), audio: bool = True, rotation: int = 0
+    path: Path,
+    seconds: int = 2,
+    size: tuple[int, int] = (120, 160),
+    audio: bool = True,
+    rotation: int = 0,
+    pixel_aspect: Fraction | None = None,
 ) -> None:
     """A pan over a sample photo, H.264 at 25 frames/s, with a 440 Hz stereo AAC tone as long as the video;
-    ``rotation``: a display rotation, as phones record."""
+    ``rotation``: a display rotation, as phones record; ``pixel_aspect``: non-square pixels' width / height."""
     photo = load_image(SAMPLES / "rocket.jpg")[0]
     frames, _ = synthetic_clip(photo, MOTIONS["pan"], seconds * FPS, size)
     with av.open(str(path), "w") as out:
@@ -38,6 +47,8 @@ def make_clip(
         video.pix_fmt = "yuv444p" if size[0] % 2 or size[1] % 2 else "yuv420p"
         if rotation:
             video.set_display_rotation(rotation)
+        if pixel_aspect:
+            video.codec_context.sample_aspect_ratio = pixel_aspect
         sound = out.add_stream("aac", rate=SAMPLE_RATE, layout="stereo") if audio else None
         for i, frame in enumerate(frames):
             rgb = frame.mul(255).round().byte().permute(1, 2, 0).numpy()
@@ -265,6 +276,37 @@ def test_a_folder_run_stylises_videos_as_videos_beside_photos(model: Path, clip:
     assert "1 of 4 file(s) failed" in result.stderr and "Traceback" not in result.stderr
     assert (out / "coffee.jpg").is_file() and not (out / "broken.mov").exists()
     assert describe(out / "day2" / "clip.mp4")["frames"] == describe(out / "CAMERA.mp4")["frames"] == 2 * FPS
+
+
+def test_a_full_disk_fails_each_file_in_one_line_and_leaves_nothing(model: Path, clip: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Before: PyAV's write error (it writes through the Python file) was a traceback that ended the run, and the
+    photos that had failed before it were never listed."""
+    folder = tmp_path / "trip"
+    folder.mkdir()
+    shutil.copy(clip, folder / "clip.mp4")
+    shutil.copy(SAMPLES / "coffee.jpg", folder / "coffee.jpg")
+
+    def small_files() -> None:  # writes past 4 KB fail, as on a full disk ("File too large")
+        resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+
+    command = [sys.executable, str(PROJECT_ROOT / "infer.py"), f"model={model}", f"input={folder}"]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=300, preexec_fn=small_files)
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    for name in ("coffee.jpg", "clip.mp4"):
+        assert f"trip_tiny/{name}: cannot write (File too large); choose a writable output" in result.stderr
+    assert "2 of 2 file(s) failed" in result.stderr
+    assert [p.name for p in (tmp_path / "trip_tiny").iterdir()] == [".nst-ff-output"]  # no temporaries
+
+
+def test_non_square_pixels_are_kept(tmp_path: Path) -> None:
+    """Before: a clip of DV's or an anamorphic camera's wide pixels came out squeezed (square pixels)."""
+    source = tmp_path / "wide.mp4"
+    make_clip(source, seconds=1, audio=False, pixel_aspect=Fraction(2))
+    for name in ("out.mp4", "out.mkv"):  # H.264's own header; .webm keeps square pixels (PyAV 18 sets no DisplayWidth)
+        stylize_video(source, tmp_path / name, identity, progress=False)
+        with av.open(str(tmp_path / name)) as container:
+            assert container.streams.video[0].sample_aspect_ratio == 2, name
 
 
 def test_photo_jobs_and_option_checks_do_not_import_pyav() -> None:
