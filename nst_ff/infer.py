@@ -39,6 +39,7 @@ from nst_ff.stylize import Stylizer
 FAST_GFLOP = 100
 # Videos are stylised as videos, beside photos in folder runs.
 MEDIA_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS + READ_ONLY_VIDEO_EXTENSIONS
+WRITABLE_EXTENSIONS = IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
 
 
 def gflop_per_megapixel(net: torch.nn.Module, size: int = 64) -> float:
@@ -124,20 +125,23 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     """(input, output) file pairs. A folder keeps its relative tree under the output folder; earlier output
     folders inside it, and this run's own output folder, are not inputs."""
     single_file = len(inputs) == 1 and inputs[0].is_file()
-    # An existing folder is one whatever its name ends with (photos.jpg/).
-    output_file = output is not None and output.suffix.lower() in MEDIA_EXTENSIONS and not output.is_dir()
+    # An existing folder is one whatever its name ends with (photos.jpg/). Types FFmpeg reads but this project
+    # does not write (.m4v, .mpg) are not outputs.
+    output_file = output is not None and output.suffix.lower() in WRITABLE_EXTENSIONS and not output.is_dir()
     if single_file and output is not None and output.suffix and not output_file and not output.exists():
-        # Before: o.pdf became a folder holding x_<model>.jpg.
-        kind = "video" if is_video(inputs[0]) else "image"
+        # Before: o.pdf became a folder holding x_<model>.jpg; x.m4v failed after the model had loaded.
+        kind, extensions = ("a video", VIDEO_EXTENSIONS) if is_video(inputs[0]) else ("an image", IMAGE_EXTENSIONS)
         raise UserError(
-            f"{output}: not an {kind} file type for the output of {inputs[0]}; end the name with one of "
-            f"{', '.join(VIDEO_EXTENSIONS if kind == 'video' else IMAGE_EXTENSIONS)} (or make the folder first)"
+            f"{output}: not {kind} file type written here, for the output of {inputs[0]}; end the name with one of "
+            f"{', '.join(extensions)} (or make the folder first)"
         )
     if single_file and (output is None or output_file):
         source = inputs[0]
         if output is not None and is_video(source) != is_video(output):
             kind, extensions = ("a video", VIDEO_EXTENSIONS) if is_video(source) else ("an image", IMAGE_EXTENSIONS)
             raise UserError(f"{output}: the output of {source} must be {kind} file ({', '.join(extensions)})")
+        if output is not None and output.resolve() == source.resolve():
+            raise UserError(f"output={output}: is the input; choose another output so inputs are never overwritten")
         return [(source, output or source.with_name(f"{source.stem}_{model_name}{output_suffix(source)}"))]
     if output_file:
         raise UserError(f"{output}: a folder or several inputs need an output folder, not a file name")
@@ -166,16 +170,6 @@ def run(cfg: dict) -> int:
         print("\n".join(list_models()))
         return 0
     model_path = resolve_model(str(cfg["model"]))
-    net, _ = load_model(model_path)
-    if model_path.suffix.lower() == ".onnx":  # onnxruntime runs it as exported
-        settings = ("precision", "compile", "tile_above")
-        ignored = [f"{key}={cfg[key]}" for key in settings if cfg[key] not in ("auto", "fp32", False)]
-        if ignored:
-            print(
-                f"note: {model_path.name} runs in onnxruntime, in fp32, on whole images: {' and '.join(ignored)} "
-                "left aside",
-                file=sys.stderr,
-            )
     raw_inputs = cfg["input"] if isinstance(cfg["input"], list) else [cfg["input"]]
     inputs = [Path(str(p)) for p in raw_inputs]
     for source in inputs:
@@ -186,6 +180,16 @@ def run(cfg: dict) -> int:
     if not pairs:
         found = ", ".join(MEDIA_EXTENSIONS)
         raise UserError(f"{', '.join(map(str, inputs))}: no images or videos found ({found})")
+    net, _ = load_model(model_path)
+    if model_path.suffix.lower() == ".onnx":  # onnxruntime runs it as exported
+        settings = ("precision", "compile", "tile_above")
+        ignored = [f"{key}={cfg[key]}" for key in settings if cfg[key] not in ("auto", "fp32", False)]
+        if ignored:
+            print(
+                f"note: {model_path.name} runs in onnxruntime, in fp32, on whole images: {' and '.join(ignored)} "
+                "left aside",
+                file=sys.stderr,
+            )
     for source in inputs:
         if source.is_dir():
             mark_output_folder(folder_target(source, output, model_path.stem))

@@ -136,8 +136,13 @@ def _batches(
 
 
 def _gif_frame(rgb: np.ndarray) -> av.VideoFrame:
-    """A 256-colour frame with its own palette (dithered), as GIF needs."""
-    image = Image.fromarray(rgb).quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG)
+    """A 256-colour frame with its own palette, as GIF needs: exact when the frame has 256 colours or fewer
+    (median cut finds them all; the fast octree merged two greys into one), else octree and dithering."""
+    image = Image.fromarray(rgb)
+    if image.getcolors(256) is not None:
+        image = image.quantize(256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    else:
+        image = image.quantize(256, method=Image.Quantize.FASTOCTREE, dither=Image.Dither.FLOYDSTEINBERG)
     palette = np.zeros((256, 4), np.uint8)
     colours = np.asarray(image.getpalette(), np.uint8).reshape(-1, 3)[:256]
     palette[: len(colours), 0] = 255  # ARGB: opaque

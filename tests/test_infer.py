@@ -137,7 +137,9 @@ def test_inputs_are_never_overwritten(model: Path, tmp_path: Path) -> None:
     shutil.copy(SAMPLES / "coffee.jpg", photo)
     before = photo.read_bytes()
     result = infer(f"model={model}", f"input={photo}", f"output={photo}", "overwrite=true")
-    assert result.returncode == 1 and "is an input" in result.stderr
+    assert result.returncode == 2 and f"output={photo}: is the input; choose another output" in result.stderr
+    result = infer(f"model={model}", f"input={photo}", f"output={tmp_path}/../{tmp_path.name}/photo.jpg")
+    assert result.returncode == 2 and "is the input" in result.stderr  # before: exit 1, as a failed file
     assert photo.read_bytes() == before
 
 
@@ -149,7 +151,7 @@ def test_inputs_are_never_overwritten(model: Path, tmp_path: Path) -> None:
         (["strength=2"], "strength=2"),
         (["output=/proc/forbidden/out.jpg"], "cannot write"),
         # Before: a folder named styled.pdf (here, under /proc, a failure to make it).
-        (["output=/proc/forbidden/styled.pdf"], "styled.pdf: not an image file type for the output of"),
+        (["output=/proc/forbidden/styled.pdf"], "styled.pdf: not an image file type written here, for the output of"),
     ],
 )
 def test_bad_arguments_give_one_line(model: Path, args: list[str], message: str) -> None:

@@ -21,7 +21,7 @@ import torch
 from nst_ff.images import load_image
 from nst_ff.paths import PROJECT_ROOT
 from nst_ff.temporal import MOTIONS, synthetic_clip
-from nst_ff.video import VideoError, stylize_video
+from nst_ff.video import VideoError, _gif_frame, stylize_video
 from tests.conftest import SAMPLES
 from tests.test_infer import infer, model  # noqa: F401 (the tiny model fixture)
 
@@ -276,6 +276,27 @@ def test_a_folder_run_stylises_videos_as_videos_beside_photos(model: Path, clip:
     assert "1 of 4 file(s) failed" in result.stderr and "Traceback" not in result.stderr
     assert (out / "coffee.jpg").is_file() and not (out / "broken.mov").exists()
     assert describe(out / "day2" / "clip.mp4")["frames"] == describe(out / "CAMERA.mp4")["frames"] == 2 * FPS
+
+
+def test_gif_frames_keep_few_colours_exactly() -> None:
+    """Before: a frame of two greys became one flat grey (the fast octree's coarse buckets)."""
+    two_greys = np.full((48, 64, 3), 19, np.uint8)
+    two_greys[:, 32:] = 30
+    ramp = np.repeat(np.repeat(np.linspace(0, 60, 64).astype(np.uint8)[None, :, None], 48, 0), 3, 2)  # 61 levels
+    photo = load_image(SAMPLES / "chelsea.jpg")[0, :, :96, :128].mul(255).round().byte().permute(1, 2, 0).numpy()
+    for rgb in (two_greys, ramp):
+        assert np.array_equal(_gif_frame(rgb).to_ndarray(format="rgb24"), rgb)
+    assert psnr(_gif_frame(photo).to_ndarray(format="rgb24").astype(np.float64), photo.astype(np.float64)) > 30
+
+
+def test_an_output_type_only_read_is_an_option_mistake(model: Path, clip: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Before: .m4v passed the option check as a video type FFmpeg reads, then failed after the model loaded
+    (exit 1); the input itself as the output likewise."""
+    result = infer(f"model={model}", f"input={clip}", f"output={tmp_path / 'styled.m4v'}")
+    assert result.returncode == 2 and "styled.m4v: not a video file type written here" in result.stderr
+    assert ".mp4, .mov, .mkv, .webm, .avi, .gif" in result.stderr and not (tmp_path / "styled.m4v").exists()
+    result = infer(f"model={model}", f"input={clip}", f"output={clip}", "overwrite=true")
+    assert result.returncode == 2 and "is the input" in result.stderr
 
 
 def test_a_full_disk_fails_each_file_in_one_line_and_leaves_nothing(model: Path, clip: Path, tmp_path: Path) -> None:  # noqa: F811
