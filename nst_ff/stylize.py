@@ -25,7 +25,10 @@ from nst_ff.tiling import stylize_tiled, tiling_error
 def _check_batch(images: torch.Tensor) -> None:
     """A one-line error for images the network cannot take, instead of one from deep inside it."""
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"expected (N, 3, H, W) or (3, H, W) images, got shape {tuple(images.shape)}")
+        raise ValueError(
+            f"expected an (N, 3, H, W) batch of images, got shape {tuple(images.shape)} (Stylizer.stylize also "
+            "takes one (3, H, W) image)"
+        )
     if not images.is_floating_point():
         raise TypeError(
             f"expected float images in [0, 1], got {images.dtype}; convert 8-bit images with nst_ff.images.to_float"
@@ -139,7 +142,7 @@ class Stylizer:
             raise ValueError(f"strength must be between 0 and 1, got {strength}")
         _check_batch(images)
         if strength == 0:
-            return images.clone()
+            return images.to(torch.float32, copy=True)  # float32, as every other strength gives
         height, width = images.shape[-2:]
         work = images
         if max_size and max(height, width) > max_size:

@@ -25,9 +25,9 @@ def tiling_error(tile_above: int | str, tile_size: int, tile_overlap: int) -> st
     allowed``; None when nothing is."""
     if not (tile_above == "auto" or (isinstance(tile_above, int) and tile_above >= 1)):
         return f"tile_above={tile_above}: auto (the device's choice) or 1 or more pixels"
-    if tile_size < 64:
-        return f"tile_size={tile_size}: must be 64 or more"
-    if not 0 <= tile_overlap < tile_size // 2:
+    if not isinstance(tile_size, int) or tile_size < 64:
+        return f"tile_size={tile_size}: must be a whole number of pixels, 64 or more"
+    if not isinstance(tile_overlap, int) or not 0 <= tile_overlap < tile_size // 2:
         return f"tile_overlap={tile_overlap}: must be at least 0 and less than half of tile_size={tile_size}"
     return None
 

@@ -198,7 +198,9 @@ def test_images_the_network_cannot_take_give_one_clear_error(
         ({"tile_overlap": -3}, "tile_overlap=-3: must be at least 0 and less than half of tile_size=1024"),
         ({"tile_above": "big"}, r"tile_above=big: auto \(the device's choice\) or 1 or more pixels"),
         # Before: taken as they were, tiles of 0 px and overlaps wider than half a tile.
-        ({"tile_size": 0}, "tile_size=0: must be 64 or more"),
+        ({"tile_size": 0}, "tile_size=0: must be a whole number of pixels, 64 or more"),
+        # Before: blamed on tile_overlap.
+        ({"tile_size": 100.5}, "tile_size=100.5: must be a whole number of pixels"),
         ({"tile_size": 64, "tile_overlap": 40}, "tile_overlap=40: .* less than half of tile_size=64"),
     ],
 )
@@ -210,6 +212,7 @@ def test_wrong_tiling_options_are_one_clear_error(net: TransformerNet, options: 
 def test_strength_zero_returns_the_input_and_blends_linearly(net: TransformerNet, photo: torch.Tensor) -> None:
     stylizer = Stylizer(net)
     assert torch.equal(stylizer.stylize(photo, strength=0.0), photo)
+    assert stylizer.stylize(photo.half(), strength=0.0).dtype == torch.float32  # as at every strength
     full = stylizer.stylize(photo)
     half = stylizer.stylize(photo, strength=0.5)
     assert torch.allclose(half, 0.5 * full + 0.5 * photo, atol=1e-5)
