@@ -68,8 +68,12 @@ def list_models() -> list[str]:
     """One line per model that can be named (``shipped_models``): its speed class and arithmetic per
     1024x1024, training steps (+N: N steps on top of another model's weights, ``model.init_from``), file
     size; then where to put more."""
-    lines = []
+    lines, first_of_name = [], {}
     for path in shipped_models():
+        if path.stem in first_of_name:  # resolve_model takes the first: this one is used only by its path
+            lines.append(f"{path.stem:20s} by path only (the name is {first_of_name[path.stem]})  {path}")
+            continue
+        first_of_name[path.stem] = path
         if path.suffix == ".onnx":  # its metadata needs onnxruntime to read: listing works without it
             lines.append(f"{path.stem:20s} ONNX export  {path.stat().st_size / 2**20:4.1f} MB  {path}")
             continue

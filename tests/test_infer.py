@@ -226,7 +226,15 @@ def test_list_shows_a_broken_model_file_and_every_other_model(monkeypatch: pytes
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "half_downloaded.safetensors").write_bytes(b"\x00" * 100)
     shutil.copy(PROJECT_ROOT / "checkpoints" / "the_scream_fast.safetensors", tmp_path / "models" / "mine.safetensors")
+    # Named like a shipped model, which the name finds: before, listed as if the name were its.
+    shutil.copy(
+        PROJECT_ROOT / "checkpoints" / "the_scream_fast.safetensors", tmp_path / "models" / "starry_night.safetensors"
+    )
+    shutil.copy(PROJECT_ROOT / "checkpoints" / "the_scream_fast.safetensors", tmp_path / "models" / "mine.onnx")
     lines = list_models()
+    shadowed = [line for line in lines if "by path only" in line]
+    assert [line.split()[0] for line in shadowed] == ["starry_night", "mine"]
+    assert f"(the name is {PROJECT_ROOT / 'checkpoints' / 'starry_night.safetensors'})" in shadowed[0]
     assert any(line.startswith("half_downloaded") and "unreadable: " in line for line in lines)
     assert any(line.startswith("mine ") and " fast " in line for line in lines)
     assert (
