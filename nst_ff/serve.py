@@ -64,12 +64,13 @@ def build_app(
         photo: Image.Image | None, style: str, upload: str | None, path: str, strength: float, preserve: bool
     ) -> Image.Image:
         model = upload or (path or "").strip() or style
+        # The page shows the mistake; the server's console is not for tracebacks of the page's user's mistakes.
         if not model:
-            raise gr.Error("no model: pick a style or give a model file")
+            raise gr.Error("no model: pick a style or give a model file", print_exception=False)
         try:
             return stylize_photo(photo, model, strength, preserve, max_size, device, precision)
         except UserError as error:
-            raise gr.Error(str(error)) from None
+            raise gr.Error(str(error), print_exception=False) from None
 
     with gr.Blocks(title="nst-ff: fast neural style transfer") as app:
         gr.Markdown("## nst-ff: fast neural style transfer\nUpload a photo, pick a style, press **Stylise**.")

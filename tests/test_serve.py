@@ -139,6 +139,23 @@ def test_page_in_a_real_browser(tmp_path: Path, outbound: list[str]) -> None:
     assert not outbound, f"the server looked up {outbound}"
 
 
+def test_a_mistake_on_the_page_is_told_there_without_a_traceback_on_the_console(capfd: pytest.CaptureFixture) -> None:
+    """Before: the page showed the message and the server's console a 30-line traceback of it."""
+    client_module = pytest.importorskip(
+        "gradio_client", reason="the web page needs gradio: pip install 'nst-ff[serve]'"
+    )
+    port = free_port()
+    app = serve.serve(port=port, block=False)
+    try:
+        client = client_module.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        photo = client_module.handle_file(str(PHOTO))
+        with pytest.raises(Exception, match=r"/no/model\.safetensors: no such model file"):
+            client.predict(photo, "starry_night", None, "/no/model.safetensors", 1.0, False, api_name="/run")
+    finally:
+        app.close()
+    assert "Traceback" not in capfd.readouterr().err
+
+
 def test_draft_config_has_the_entry_function_options() -> None:
     from hydra import compose, initialize_config_dir
 
