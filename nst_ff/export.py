@@ -7,6 +7,8 @@ checkpoints (``.ckpt``) are read with ``torch.load(weights_only=True)`` for the 
 from __future__ import annotations
 
 import json
+import pickle
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -62,8 +64,17 @@ def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str
             metadata = {"checkpoint": str(path), "global_step": checkpoint["global_step"], **run}
             return state, dict(hparams["net"]), metadata
         except Exception as error:
+            # torch's own messages for these say nothing useful here or advise weights_only=False.
+            if not zipfile.is_zipfile(path):
+                reason = "not a PyTorch checkpoint: torch.save writes zip archives"
+            elif isinstance(error, pickle.UnpicklingError):
+                reason = "it holds Python objects beyond tensors and plain values, which could run code: refused"
+            elif isinstance(error, KeyError):
+                reason = f"no {error} entry in it"
+            else:
+                reason = brief(error)
             raise ModelFileError(
-                f"{path}: not a readable nst-ff training checkpoint ({brief(error)}); give a .ckpt from a train.py "
+                f"{path}: not a readable nst-ff training checkpoint ({reason}); give a .ckpt from a train.py "
                 "run's checkpoints/ folder, or its exported .safetensors"
             ) from None
     try:

@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import pytest
 import torch
@@ -176,13 +177,18 @@ def test_bad_model_files_are_refused_without_running_code(model: Path, tmp_path:
     save_file({"x": torch.zeros(1)}, foreign)
     pickled = tmp_path / "evil.ckpt"
     pickled.write_bytes(b"cos\nsystem\n(S'echo pwned'\ntR.")
+    objects = tmp_path / "objects.ckpt"
+    torch.save({"hyper_parameters": PurePosixPath("a class torch's safe loader does not know")}, objects)
+    # Before: torch's messages, e.g. its advice to load with weights_only=False.
+    refused = "not a readable nst-ff training checkpoint"
     for path, message in [
         (truncated, "not a readable model file"),
         (other_arch, "do not fit a TransformerNet"),
         (foreign, "not an nst-ff model"),
-        (pickled, "not a readable nst-ff training checkpoint"),
+        (pickled, f"{refused} (not a PyTorch checkpoint: torch.save writes zip archives)"),
+        (objects, f"{refused} (it holds Python objects beyond tensors and plain values, which could run code"),
     ]:
-        with pytest.raises(ModelFileError, match=message):
+        with pytest.raises(ModelFileError, match=re.escape(message)):
             load_model(path)
         result = infer(f"model={path}", f"input={SAMPLES / 'coffee.jpg'}", f"output={tmp_path / 'o.jpg'}")
         assert result.returncode == 2 and message in result.stderr and "pwned" not in result.stdout
