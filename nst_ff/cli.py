@@ -10,6 +10,7 @@ Each command imports its package module when it runs, so that e.g. nst-infer doe
 from __future__ import annotations
 
 import os
+import re
 import signal
 import sys
 import textwrap
@@ -85,7 +86,8 @@ def _help(config_dir: Path, config_name: str, summary: str) -> bool:
     if not any(argument in ("-h", "--help") for argument in sys.argv[1:]):
         return False
     config_file = config_dir / f"{config_name}.yaml"
-    lines = [f"{Path(sys.argv[0]).name}: {summary}; options are key=value", "", f"{config_file}:", ""]
+    program = Path(sys.argv[0]).name
+    lines = [f"{program}: {summary}; options are key=value", "", f"{config_file}:", ""]
     lines.append(config_file.read_text().split("\nhydra:")[0].rstrip())
     defaults = OmegaConf.to_container(OmegaConf.load(config_file)).get("defaults", [])
     for group, chosen in (item for entry in defaults if isinstance(entry, dict) for item in entry.items()):
@@ -99,8 +101,11 @@ def _help(config_dir: Path, config_name: str, summary: str) -> bool:
         for path in _option_files(config_dir / group, chosen):
             lines += ["", f"    {group}/{path.name}:", textwrap.indent(path.read_text().rstrip(), "    ")]
     lines += ["", "--cfg job [key=value ...]: the whole config these options compose; --hydra-help: Hydra's flags"]
+    text = "\n".join(lines)
+    if not program.endswith(".py"):  # an installed command (nst-train): the files' examples name the checkout's script
+        text = re.sub(rf"python {config_name}\.py(?= [\w.+~]+=)", program, text)
     try:
-        print("\n".join(lines), flush=True)
+        print(text, flush=True)
     except BrokenPipeError:  # read through a pipe that closed early (--help | head): nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail too
     return True

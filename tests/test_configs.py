@@ -276,6 +276,18 @@ def test_help_prints_each_option_with_its_comment(script: str, flag: str, docume
     assert "\ninfer" not in result.stdout and "\nhydra:" not in result.stdout
 
 
+def test_an_installed_command_s_help_names_itself_in_the_examples(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Before: nst-train --help showed `python train.py style=...`, a script an installed package does not have."""
+    from nst_ff.cli import _help
+
+    for argv0, example in (("/usr/bin/nst-train", "# nst-train style=starry_night"), ("train.py", "# python train.py")):
+        monkeypatch.setattr(sys, "argv", [argv0, "--help"])
+        assert _help(CONFIG_DIR, "train", "train")
+        assert example in capsys.readouterr().out
+
+
 @pytest.mark.parametrize(
     ("args", "status", "printed"),
     [
