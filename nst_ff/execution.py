@@ -170,7 +170,7 @@ def export_execution() -> Execution:
     onnxruntime on a CPU (2-core Xeon with AMX, one thread, 1024x1024): the full network 4.5 s per image with the
     plain layers and our norm, 3.3 s in these forms (the fused norm alone: 3.9 -> 3.5 s; the plain output layer's
     3 channels were padded to 16 by onnxruntime's blocked convolution, 0.94 s of it); the fast one 1.38 -> 0.86 s."""
-    return Execution(torch.device("cpu"), None, fused_norm=True, subpixel=True)
+    return Execution(torch.device("cpu"), torch.float32, fused_norm=True, subpixel=True)
 
 
 def batch_pixels(device: torch.device) -> int:

@@ -68,6 +68,16 @@ def test_round_trip_matches_torch_at_any_size(upsample: str, norm: str) -> None:
 
 
 @needs_onnx
+def test_a_network_in_bf16_is_exported_in_float32() -> None:
+    net = small_net().to(torch.bfloat16)  # e.g. a Stylizer's, prepared for a bf16 CPU
+    image = photo((1, 37, 53))
+    runner = nst_onnx.OnnxNet(nst_onnx.to_onnx(net, {}))
+    assert next(net.parameters()).dtype == torch.bfloat16  # the export converted a copy
+    with torch.inference_mode():
+        assert nst_onnx.psnr(runner(image), net.float()(image)) > 40
+
+
+@needs_onnx
 def test_file_holds_dynamic_axes_opset_and_metadata(exported: tuple[TransformerNet, Path]) -> None:
     net, path = exported
     import onnx
