@@ -47,6 +47,7 @@ from nst_ff.config import (  # noqa: E402
     register_resolvers,
     run_folder,
     style_path_overrides,
+    task_overrides,
     validate,
 )
 from nst_ff.errors import UserError, exit_on_ctrl_c, exit_on_user_error  # noqa: E402
@@ -141,6 +142,21 @@ def _check_command_line(
         return check_command_line(config_dir, config_name, sys.argv[1:], check_job)
 
 
+def _refuse_loss_options_of_distillation(cfg: DictConfig | None) -> None:
+    """experiment=distill learns its teacher's loss, recorded in the teacher's file: a loss option other than
+    loss.weights (where the VGG weights come from) would be ignored without a word."""
+    if cfg is None or cfg.model._target_ != "nst_ff.distill.DistillModule":
+        return
+    for argument in task_overrides(sys.argv[1:]):
+        key = argument.split("=", 1)[0].lstrip("+~")
+        if key == "loss" or (key.startswith("loss.") and not key.startswith("loss.weights")):
+            with exit_on_user_error():
+                raise UserError(
+                    f"{argument}: experiment=distill learns its teacher's loss, recorded in the teacher's file; of "
+                    "the loss options only loss.weights (where the VGG weights come from) applies"
+                )
+
+
 def _values(arguments: list[str], key: str) -> list[str]:
     """The values the command line gives ``key`` (``key=value``), in order, without quotes."""
     return [a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith(f"{key}=")]
@@ -222,7 +238,8 @@ def train() -> None:
     if _help(CONFIG_DIR, "train", "train a style's network; the run folder is outputs/<style>/<time> here"):
         return
     with exit_on_ctrl_c(NOTHING_DONE):
-        _check_command_line(CONFIG_DIR, "train", style_paths=True, settings=_train_settings)
+        cfg = _check_command_line(CONFIG_DIR, "train", style_paths=True, settings=_train_settings)
+        _refuse_loss_options_of_distillation(cfg)
         _keep_earlier_run()
         _own_run_folder("train")
         _train()

@@ -56,6 +56,7 @@ class DistillModule(StyleTransferModule):
         perceptual_weight: float = 0.0,
         style_loss_weight: float = 0.0,
         temporal_weight: float = 0.0,
+        loss_weights: dict[str, Any] | None = None,
     ) -> None:
         if not teacher:
             raise UserError("teacher is not set: pass teacher=<shipped model name or model file>")
@@ -96,13 +97,18 @@ class DistillModule(StyleTransferModule):
 
     def build_loss(self) -> PerceptualLoss | None:
         """The VGG terms that are switched on, built once on the CPU (none when both weights are 0)."""
-        if self.hparams.perceptual_weight and self.encoder is None:
+        # The teacher's loss, with the VGG weights from where this run says (loss.weights; source=teacher: the
+        # teacher's own, as recorded).
+        weights = self.hparams.loss_weights or {"source": "teacher"}
+        if weights.get("source") == "teacher":
             weights = self.hparams.loss.get("weights") or {}
-            source = weights.get("source") or "torchvision"
-            self.encoder = VGGEncoder("vgg16", ["relu2_2"], source, weights.get("path"))
+        loss = {**self.hparams.loss, "weights": weights}
+        if self.hparams.perceptual_weight and self.encoder is None:
+            source = loss["weights"].get("source") or "torchvision"
+            self.encoder = VGGEncoder("vgg16", ["relu2_2"], source, loss["weights"].get("path"))
         if self.hparams.style_loss_weight and self.perceptual is None:
             style_image = style_image_path(self.teacher_meta, None)
-            self.perceptual = PerceptualLoss.for_style(style_image, **self.hparams.loss)
+            self.perceptual = PerceptualLoss.for_style(style_image, **loss)
         return self.perceptual
 
     def frozen_modules(self) -> list[nn.Module]:

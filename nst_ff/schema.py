@@ -49,7 +49,8 @@ Norm = _choices("Norm", NORMS)
 Upsample = _choices("Upsample", UPSAMPLES)
 Scheduler = _choices("Scheduler", SCHEDULERS)
 Vgg = _choices("Vgg", tuple(VGG_BLOCKS))
-WeightsSource = _choices("WeightsSource", SOURCES)
+# "teacher": experiment=distill's default, the VGG weights its teacher was trained with (recorded in its file).
+WeightsSource = _choices("WeightsSource", (*SOURCES, "teacher"))
 Optimizer = _choices("Optimizer", OPTIMIZERS)
 Init = _choices("Init", INITS)
 
@@ -187,6 +188,7 @@ class ModelConfig:
     perceptual_weight: float = 0.0
     style_loss_weight: float = 0.0
     temporal_weight: float = 0.0  # stable video (nst_ff.temporal)
+    loss_weights: WeightsConfig | None = None  # the student's VGG weights: the run's loss.weights (or its teacher's)
 
     def validate(self) -> None:
         require(self.lr > 0, "model.lr", self.lr, "must be more than 0")
@@ -268,6 +270,12 @@ class CheckpointConfig:
         require(self.keep >= -1, "checkpoint.keep", self.keep, "-1 (all) or 0 or more")
 
 
+def check_weights_source(loss: LossConfig) -> None:
+    source = loss.weights.source.value
+    allowed = f"only experiment=distill has a teacher to take VGG weights from; choose one of {', '.join(SOURCES)}"
+    require(source != "teacher", "loss.weights.source", source, allowed)
+
+
 def check_seed(seed: int) -> None:
     require(0 <= seed <= MAX_SEED, "seed", seed, f"must be between 0 and {MAX_SEED}")
 
@@ -300,6 +308,7 @@ class TrainConfig:
                 "only experiment=distill has a teacher (a light model learns to reproduce it); add it, or drop teacher"
             )
             require(self.teacher is None, "teacher", self.teacher, allowed)
+            check_weights_source(self.loss)
         crop = self.data.crop_size
         allowed = f"must be between 16 and data.image_size={self.data.image_size}"
         require(crop is None or 16 <= crop <= self.data.image_size, "data.crop_size", crop, allowed)
@@ -386,6 +395,7 @@ class OptimizeConfig:
         require(bool(self.sizes), "sizes", self.sizes, "give at least one long-side size, e.g. sizes=[512]")
         require(all(size >= 16 for size in self.sizes), "sizes", self.sizes, "every size must be 16 or more")
         check_seed(self.seed)
+        check_weights_source(self.loss)
         check_device("device", self.device)
         for key in ("log_every", "image_every", "save_every"):
             require(getattr(self, key) >= 0, key, getattr(self, key), "must be 0 (off) or more")

