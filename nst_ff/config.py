@@ -99,7 +99,9 @@ def _hydra_message(error: Exception, config_dir: Path, config_name: str, overrid
         known = f"; options{' in ' + parent if parent else ''}: {', '.join(map(str, node))}"
     except Exception:  # only the hint is lost
         known = ""
-    return f"{wrong}: no such option{known} (a new key needs a +: +{wrong.lstrip('+~')})"
+    # Only the trainer's keys are open (train.py: Lightning's Trainer arguments): elsewhere a + is refused too.
+    added = f" (a new key needs a +: +{wrong.lstrip('+~')})" if parent == "trainer" else ""
+    return f"{wrong}: no such option{known}{added}"
 
 
 # Hydra's own flags that take the next argument as their value (``--cfg job``, ``-cn other``); ``--info`` may.

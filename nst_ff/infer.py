@@ -251,7 +251,7 @@ def run(cfg: dict) -> int:
             failures.append(str(error))
     for failure in failures:
         print(f"error: {failure}", file=sys.stderr)
-    if failures:
+    if failures and len(pairs) > 1:  # one file's own line says it all
         print(f"{len(failures)} of {len(pairs)} file(s) failed", file=sys.stderr)
     return 1 if failures else 0
 

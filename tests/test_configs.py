@@ -181,6 +181,14 @@ def test_wrong_values_name_the_key_the_value_and_what_is_allowed(
     assert message in str(caught.value) and "\n" not in str(caught.value)
 
 
+def test_the_hint_to_add_a_key_with_a_plus_is_given_only_where_one_is_taken() -> None:
+    """Before: every misspelt key was told "a new key needs a +", and the + was then refused (no such option)."""
+    for override, hinted in (("loss.style_wieght=1", False), ("trainer.gradient_clip_val=1", True)):
+        with pytest.raises(ConfigError) as caught:
+            check_command_line(CONFIG_DIR, "train", [override])
+        assert ("(a new key needs a +: +" in str(caught.value)) == hinted, override
+
+
 @pytest.mark.parametrize(
     ("overrides", "message"),
     [

@@ -102,6 +102,15 @@ def test_folder_keeps_tree_skips_bad_files_and_lists_failures(model: Path, tmp_p
     assert "2 of 5 file(s) failed" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_one_bad_photo_is_one_line(model: Path, tmp_path: Path) -> None:
+    """Before: a second line, "1 of 1 file(s) failed", after the file's own."""
+    broken = tmp_path / "broken.jpg"
+    broken.write_bytes((SAMPLES / "coffee.jpg").read_bytes()[:5000])
+    result = infer(f"model={model}", f"input={broken}")
+    assert result.returncode == 1 and result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert result.stderr.startswith(f"error: {broken}: ")
+
+
 def test_existing_outputs_are_kept_unless_overwrite(model: Path, tmp_path: Path) -> None:
     out = tmp_path / "out.jpg"
     out.write_bytes(b"precious")
