@@ -74,10 +74,12 @@ def build_trainer(options: dict[str, Any], **objects: Any) -> pl.Trainer:
         return instantiate(options, **objects)
     except InstantiationException as error:
         refusal = error.__cause__
-        if not isinstance(refusal, MisconfigurationException | ValueError | ImportError):
+        if not isinstance(refusal, MisconfigurationException | ValueError | ImportError | TypeError):
             raise
         reason = " ".join(str(refusal).split())
-        if isinstance(refusal, MisconfigurationException):  # the devices asked for are not all here
+        # The devices asked for are not all here (other refusals, e.g. of val_check_interval, are not about them).
+        about_devices = any(word in reason.lower() for word in ("device", "gpu", "accelerator", "backend", "cuda"))
+        if isinstance(refusal, MisconfigurationException) and about_devices:
             raise ConfigError(
                 f"trainer: {reason} (accelerator={options.get('accelerator')}, devices={options.get('devices')}); "
                 "trainer=auto trains on a GPU when there is one, trainer=cpu on the CPU"
@@ -89,14 +91,15 @@ def build_trainer(options: dict[str, Any], **objects: Any) -> pl.Trainer:
 OPTIMIZER_KEPT = ", and a resumed run keeps its optimizer and schedule"
 
 
-def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> None:
+def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> int:
     """``ckpt_path`` continues the run it was written by: the same network, style and teacher, for more steps, with
     its optimizer and schedule. A changed loss weight, batch size or gradient clip is the user's choice; another
     network cannot load the weights (a traceback), another style or teacher (or a painting's file whose content
     changed) would export a model of two paintings under the new one's name, ``max_steps`` at or below the
     checkpoint's step would train nothing, and a changed learning rate, Adam beta2 or schedule would be silently
     replaced by the checkpoint's (Lightning restores the optimizer and scheduler states), as would a cosine or step
-    schedule's length: extended, a cosine schedule climbs back from 0 to the full rate."""
+    schedule's length: extended, a cosine schedule climbs back from 0 to the full rate. Returns the checkpoint's
+    step."""
     try:
         # Memory-mapped: only the small records are read here; Lightning reads the tensors when it resumes.
         checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
@@ -143,6 +146,7 @@ def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> None:
             f"resume keeps; resume with trainer.max_steps={schedule_steps}, or train further as a new run from its "
             f"weights (model.init_from={path})"
         )
+    return step
 
 
 def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
@@ -157,8 +161,7 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     out = Path(cfg["output_dir"])
     datamodule = instantiate(cfg["data"])
     model = instantiate(cfg["model"], _convert_="all")
-    if cfg["ckpt_path"]:
-        check_resume(Path(cfg["ckpt_path"]), model, cfg["trainer"]["max_steps"])
+    resumed_step = check_resume(Path(cfg["ckpt_path"]), model, cfg["trainer"]["max_steps"]) if cfg["ckpt_path"] else 0
     # Everything that can fail on the user's input (photos, painting, VGG weights) fails here, before any output.
     datamodule.setup("fit")
     model.build_loss()
@@ -179,7 +182,10 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
         # run shorter than every_n_steps): replaced, not kept beside it as last-v1.ckpt (one more per resume).
         enable_version_counter=False,
     )
-    logger = instantiate(cfg["logger"]) if cfg.get("logger") else False
+    # A resume's curves go on from its step: what a killed run logged after its last checkpoint is hidden
+    # (TensorBoard's purge_step), not drawn twice.
+    purge = {"purge_step": resumed_step} if resumed_step else {}
+    logger = instantiate(cfg["logger"], **purge) if cfg.get("logger") else False
     stop = StopAtStepEnd()
     last = out / "checkpoints" / "last.ckpt"
     callbacks = [checkpoints, stop, FinalCheckpoint(last)] + ([LearningRateMonitor("step")] if logger else [])
@@ -188,7 +194,7 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     trainer = build_trainer(cfg["trainer"], callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])
     datamodule.require_batches(processes=trainer.world_size)
     if logger:
-        logger.log_hyperparams(cfg)
+        logger.log_hyperparams(cfg, metrics={} if resumed_step else None)  # hp_metric's -1 at step 0: new runs only
     stop.arm(trainer)
     try:
         # weights_only: resuming never unpickles code from a checkpoint file.
@@ -218,6 +224,12 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     if not (cfg["export"] and trainer.is_global_zero):
         return None
     path = out / "checkpoints" / f"{cfg['style']['name']}.safetensors"
+    if not all(torch.isfinite(weight).all() for weight in model.net.state_dict().values()):
+        # Checked once here, not at every step (a host sync on a GPU): a diverged run's NaN model is no model.
+        raise UserError(
+            f"the run diverged: its network's weights are not finite (NaN or inf), so no model was exported (see the "
+            f"loss in {out / 'tensorboard'}); lower model.lr, set model.grad_clip_ratio=2, or model.compile=false"
+        )
     metadata = model.export_metadata()
     metadata["command"] = command
     metadata["config"] = cfg

@@ -236,12 +236,15 @@ def test_sigkill_loses_at_most_the_steps_since_the_last_checkpoint(tmp_path: Pat
     assert last.exists(), "no checkpoint was written within 120 s"
     saved = torch.load(last, weights_only=True)["global_step"]
     assert saved >= 4
-    result = run_script(
-        *FAST, f"trainer.max_steps={saved + 2}", f"ckpt_path={last}", f"hydra.run.dir={tmp_path / 'resumed'}"
-    )
+    result = run_script(*FAST, f"trainer.max_steps={saved + 2}", f"ckpt_path={last}", f"hydra.run.dir={out}")
     assert result.returncode == 0, result.stderr[-2000:]
-    final = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", weights_only=True)
+    final = torch.load(last, weights_only=True)
     assert final["global_step"] == saved + 2
+    # Before: the steps logged between the checkpoint and the kill were drawn twice (the curve went back), and
+    # each resume added an hp_metric of -1 at step 0.
+    steps = [step for step, _ in scalars(out, "train/loss")]
+    assert steps == sorted(set(steps)) and steps[-1] == saved + 1
+    assert [step for step, _ in scalars(out, "hp_metric")].count(0) == 1
 
 
 @pytest.mark.parametrize("stop", [signal.SIGINT, signal.SIGTERM])
@@ -466,6 +469,8 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
         ),
         # Before: Hydra's report of Lightning's exception (fp8), and a division by zero at the first step (0).
         ("trainer.precision=fp8", "trainer.precision=fp8: one of 32-true, bf16-mixed, 16-mixed"),
+        # Before: Hydra's report of Lightning's TypeError, exit 1.
+        ("trainer.devices=abc", "trainer: `devices` selected with `CPUAccelerator` should be an int > 0"),
         ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: must be 1 or more"),
         # 4 photos and batch 2: no process would get a batch. Before, zero steps and an untrained model, exit 0.
         ("trainer=ddp trainer.devices=3", "fewer than one batch of 2 for each of 3 processes"),
@@ -512,6 +517,13 @@ def test_resume_refuses_what_cannot_continue_the_run(
         run_training(tmp_path / "run", *SCHEDULE, f"ckpt_path={last}", *overrides)
     assert message.format(last=last, painting=painting) in str(refused.value) and "\n" not in str(refused.value)
     assert not any(tmp_path.iterdir())  # refused before anything was written
+
+
+def test_a_run_that_diverged_exports_no_model(tmp_path: Path) -> None:
+    """Before: a NaN network was exported (exit 0) and used as a model."""
+    with pytest.raises(UserError, match="the run diverged: its network's weights are not finite"):
+        run_training(tmp_path, "trainer.max_steps=2", "model.lr=1e30")
+    assert not list(tmp_path.glob("checkpoints/*.safetensors"))
 
 
 def test_init_from_starts_from_a_trained_model_not_a_resume(six_steps: Path, tmp_path: Path) -> None:
