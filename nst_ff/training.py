@@ -44,6 +44,8 @@ def quiet_lightning() -> None:
     # A resumed run writes into a new folder, so Lightning says that its checkpoint callback's records of the old
     # folder's files are not reloaded: they list those files only, and nothing of the run is lost.
     warnings.filterwarnings("ignore", message=r"The dirpath has changed from")
+    # A resume into its own folder (the only run let into a folder with checkpoints, cli._keep_earlier_run).
+    warnings.filterwarnings("ignore", message=r"Checkpoint directory .* exists and is not empty")
     # Logging counts steps across epochs, so a folder of a few photos (one batch an epoch) still logs every N steps.
     warnings.filterwarnings("ignore", message=r"The number of training batches .* is smaller than the logging interval")
 
@@ -134,12 +136,17 @@ def check_resume(path: Path, model: pl.LightningModule, max_steps: int) -> int:
         raise ConfigError(
             f"style.image={painting}: not the painting {path} was trained with (the file's content differs); {fix}"
         )
+    scheduler = model.hparams.get("scheduler")
+    if scheduler in ("cosine", "step") and schedule_steps is not None and step >= schedule_steps:
+        raise ConfigError(  # before: "set trainer.max_steps above", which the next check then refused
+            f"ckpt_path: {path} has finished its {scheduler} schedule ({schedule_steps} steps); train further as a "
+            f"new run from its weights (model.init_from={path})"
+        )
     if max_steps <= step:
         raise ConfigError(
             f"trainer.max_steps={max_steps}: {path} is at step {step} already; set trainer.max_steps above {step} "
             "to train further (infer.py model=<checkpoint> uses it as it is)"
         )
-    scheduler = model.hparams.get("scheduler")
     if scheduler in ("cosine", "step") and schedule_steps is not None and max_steps != schedule_steps:
         raise ConfigError(
             f"trainer.max_steps={max_steps}: {path} has a {scheduler} schedule over {schedule_steps} steps, which a "

@@ -493,13 +493,13 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path, override: 
         # Before: trained on, and exported a the_scream model that was mostly starry_night.
         ("trainer.max_steps=8 style=the_scream", "was trained with style=starry_night (this run: the_scream)"),
         (f"trainer.max_steps=8 ckpt_path={PROJECT_ROOT / 'README.md'}", "README.md: not a train.py checkpoint"),
-        # Before: trained nothing, exit 0.
-        ("trainer.max_steps=6", "trainer.max_steps=6: {last} is at step 6 already; set trainer.max_steps above 6"),
+        # Before: trained nothing, exit 0; then "set trainer.max_steps above 6", which the schedule check refused.
+        ("trainer.max_steps=6", "ckpt_path: {last} has finished its cosine schedule (6 steps); train further as a new"),
         # Before: silently replaced by the checkpoint's optimizer and scheduler states.
         ("trainer.max_steps=6 model.lr=5e-4", "was trained with model.lr=0.001 (this run: 0.0005), and a resumed run"),
         ("trainer.max_steps=6 model.adam_beta2=0.999", "was trained with model.adam_beta2=0.99 (this run: 0.999)"),
         # Before: the cosine schedule ran past its end, back up from 0 to the full rate.
-        ("trainer.max_steps=8", "trainer.max_steps=8: {last} has a cosine schedule over 6 steps, which a resume keeps"),
+        ("trainer.max_steps=8", "ckpt_path: {last} has finished its cosine schedule (6 steps)"),
         # Before: trained on towards another painting that has the same file name.
         ("style.image={painting}", "style.image={painting}: not the painting {last} was trained with"),
     ],
