@@ -138,7 +138,8 @@ class StyleTransferModule(pl.LightningModule):
             module.to(memory_format=self.execution.memory_format)
         self.execution.prepare(self.net)
         steps = self.trainer.max_steps if self._trainer is not None else 0
-        if compile_training(self.hparams.compile, device, steps):
+        precision = str(self.trainer.precision) if self._trainer is not None else "32-true"
+        if compile_training(self.hparams.compile, device, steps, precision):
             self.compile_mode = compile_mode(device, self.hparams.compile_mode)
             self._train_loss = compiled(self.training_loss, mode=self.compile_mode, dynamic=False)
         if self._trainer is not None and self.trainer.is_global_zero:

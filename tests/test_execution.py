@@ -142,6 +142,8 @@ def test_compile_auto_pays_off_only_for_big_jobs() -> None:
     assert compile_inference(True, CPU, 0) and not compile_inference(False, CUDA, 1e9)
     assert compile_training("auto", CUDA, steps=40_000) and not compile_training("auto", CUDA, steps=100)
     assert not compile_training("auto", CPU, steps=10**6) and compile_training(True, CPU, 1)
+    # Before: compiled under bf16 on a CPU, the full network's first layer got non-finite gradients (NaN runs).
+    assert not compile_training(True, CPU, 1, "bf16-mixed") and compile_training(True, CUDA, 1, "bf16-mixed")
     with pytest.raises(UserError, match="compile=sometimes"):
         compile_inference("sometimes", CPU, 1)
 
