@@ -78,7 +78,7 @@ def build_trainer(options: dict[str, Any], **objects: Any) -> pl.Trainer:
         refusal = error.__cause__
         if not isinstance(refusal, MisconfigurationException | ValueError | ImportError | TypeError):
             raise
-        reason = " ".join(str(refusal).split())
+        reason = " ".join(str(refusal).split()).rstrip(".")
         # The devices asked for are not all here (other refusals, e.g. of val_check_interval, are not about them).
         about_devices = any(word in reason.lower() for word in ("device", "gpu", "accelerator", "backend", "cuda"))
         if isinstance(refusal, MisconfigurationException) and about_devices:
