@@ -5,6 +5,7 @@ from __future__ import annotations
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -45,17 +46,24 @@ class StopAtStepEnd(pl.Callback):
     def arm(self, trainer: pl.Trainer) -> None:
         """Before the fit: a signal while it starts (Lightning's set-up, a resumed checkpoint's restore, the first
         step's compilation) stops it at once (``forced``), where Lightning exited with status 1 and no word."""
-        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-            self._previous = {signum: signal.signal(signum, self._stop_now) for signum in self.SIGNALS}
+        self._previous = self._install(trainer, self._stop_now)
+
+    def _install(
+        self, trainer: pl.Trainer, handler: Callable[[int, FrameType | None], None]
+    ) -> dict[signal.Signals, Any]:
+        """``handler`` for ``SIGNALS`` where this process may take them (one process: DDP keeps Lightning's
+        handling; the main thread); returns the handlers it replaced."""
+        if trainer.world_size != 1 or threading.current_thread() is not threading.main_thread():
+            return {}
+        return {signum: signal.signal(signum, handler) for signum in self.SIGNALS}
 
     def _stop_now(self, signum: int, frame: FrameType | None) -> None:
         self.forced = signal.Signals(signum)
         raise KeyboardInterrupt
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        if trainer.world_size == 1 and threading.current_thread() is threading.main_thread():
-            handlers = {signum: signal.signal(signum, self._request) for signum in self.SIGNALS}
-            self._previous = self._previous or handlers  # those from before arm(), if it ran
+        handlers = self._install(trainer, self._request)
+        self._previous = self._previous or handlers  # those from before arm(), if it ran
 
     def _request(self, signum: int, frame: FrameType | None) -> None:
         if self.requested:

@@ -150,11 +150,10 @@ def _refuse_loss_options_of_distillation(cfg: DictConfig | None) -> None:
     for argument in task_overrides(sys.argv[1:]):
         key = argument.split("=", 1)[0].lstrip("+~")
         if key == "loss" or (key.startswith("loss.") and not key.startswith("loss.weights")):
-            with exit_on_user_error():
-                raise UserError(
-                    f"{argument}: experiment=distill learns its teacher's loss, recorded in the teacher's file; of "
-                    "the loss options only loss.weights (where the VGG weights come from) applies"
-                )
+            raise UserError(
+                f"{argument}: experiment=distill learns its teacher's loss, recorded in the teacher's file; of the "
+                "loss options only loss.weights (where the VGG weights come from) applies"
+            )
 
 
 def _values(arguments: list[str], key: str) -> list[str]:
@@ -239,7 +238,8 @@ def train() -> None:
         return
     with exit_on_ctrl_c(NOTHING_DONE):
         cfg = _check_command_line(CONFIG_DIR, "train", style_paths=True, settings=_train_settings)
-        _refuse_loss_options_of_distillation(cfg)
+        with exit_on_user_error():
+            _refuse_loss_options_of_distillation(cfg)
         _keep_earlier_run()
         _own_run_folder("train")
         _train()

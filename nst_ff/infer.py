@@ -125,6 +125,11 @@ def mark_output_folder(folder: Path) -> None:
         ) from None
 
 
+def _output_kind(source: Path) -> tuple[str, tuple[str, ...]]:
+    """What ``source``'s output is ("a video" or "an image") and the file types it may be written as."""
+    return ("a video", VIDEO_EXTENSIONS) if is_video(source) else ("an image", IMAGE_EXTENSIONS)
+
+
 def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple[Path, Path]]:
     """(input, output) file pairs. A folder keeps its relative tree under the output folder; earlier output
     folders inside it, and this run's own output folder, are not inputs."""
@@ -134,7 +139,7 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     output_file = output is not None and output.suffix.lower() in WRITABLE_EXTENSIONS and not output.is_dir()
     if single_file and output is not None and output.suffix and not output_file and not output.exists():
         # Before: o.pdf became a folder holding x_<model>.jpg; x.m4v failed after the model had loaded.
-        kind, extensions = ("a video", VIDEO_EXTENSIONS) if is_video(inputs[0]) else ("an image", IMAGE_EXTENSIONS)
+        kind, extensions = _output_kind(inputs[0])
         raise UserError(
             f"{output}: not {kind} file type written here, for the output of {inputs[0]}; end the name with one of "
             f"{', '.join(extensions)} (or make the folder first)"
@@ -142,7 +147,7 @@ def plan(inputs: list[Path], output: Path | None, model_name: str) -> list[tuple
     if single_file and (output is None or output_file):
         source = inputs[0]
         if output is not None and is_video(source) != is_video(output):
-            kind, extensions = ("a video", VIDEO_EXTENSIONS) if is_video(source) else ("an image", IMAGE_EXTENSIONS)
+            kind, extensions = _output_kind(source)
             raise UserError(f"{output}: the output of {source} must be {kind} file ({', '.join(extensions)})")
         if output is not None and output.resolve() == source.resolve():
             raise UserError(f"output={output}: is the input; choose another output so inputs are never overwritten")
