@@ -87,11 +87,24 @@ class StopAtStepEnd(pl.Callback):
 
 class FinalCheckpoint(pl.Callback):
     """The run's last step saved to ``path`` (in full: resumable), whatever the step: ModelCheckpoint saves every N
-    steps. Saved as training ends, inside the fit: Lightning restores the process's signal handlers when the fit
-    returns, and a Ctrl-C during a save after it was a traceback, not ``StopAtStepEnd``'s request."""
+    steps. Saved inside the fit: Lightning restores the process's signal handlers when the fit returns, and a Ctrl-C
+    during a save after it was a traceback, not ``StopAtStepEnd``'s request. A run that ends on a step (max_steps, a
+    stop) is saved at that step's end, where ModelCheckpoint saves: saved as training ended, the epoch the step was
+    in counted as complete, and a resume counted its epochs one ahead (a run with max_epochs ended an epoch early)."""
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, stop: StopAtStepEnd) -> None:
         self.path = path
+        self.stop = stop
+        self.saved_step: int | None = None
+
+    def on_train_batch_end(self, trainer: pl.Trainer, *args: Any) -> None:
+        if self.stop.requested or trainer.global_step == trainer.max_steps:
+            self.save(trainer)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.saved_step != trainer.global_step:  # the run ended on an epoch (max_epochs) or a time limit
+            self.save(trainer)
+
+    def save(self, trainer: pl.Trainer) -> None:
         trainer.save_checkpoint(self.path, weights_only=False)
+        self.saved_step = trainer.global_step

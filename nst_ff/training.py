@@ -195,7 +195,7 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     logger = instantiate(cfg["logger"], **purge) if cfg.get("logger") else False
     stop = StopAtStepEnd()
     last = out / "checkpoints" / "last.ckpt"
-    callbacks = [checkpoints, stop, FinalCheckpoint(last)] + ([LearningRateMonitor("step")] if logger else [])
+    callbacks = [checkpoints, stop, FinalCheckpoint(last, stop)] + ([LearningRateMonitor("step")] if logger else [])
     if cfg["trainer"].get("enable_progress_bar", True):
         callbacks.append(StepProgressBar())
     trainer = build_trainer(cfg["trainer"], callbacks=callbacks, logger=logger, plugins=[AtomicCheckpointIO()])

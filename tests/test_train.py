@@ -266,6 +266,13 @@ def test_ctrl_c_or_sigterm_stops_at_the_end_of_a_step_and_resumes_exactly(tmp_pa
     after_stop, _ = load_model(tmp_path / "r" / "checkpoints" / "starry_night.safetensors")
     for a, b in zip(straight.state_dict().values(), after_stop.state_dict().values(), strict=True):
         assert torch.allclose(a, b, atol=1e-6)
+    # Before: the stop's last.ckpt counted the interrupted epoch as complete, so the resumed run was an epoch ahead
+    # (a run with trainer.max_epochs ended one early).
+    epoch = [
+        torch.load(run / "checkpoints" / "last.ckpt", weights_only=True)["epoch"]
+        for run in (tmp_path / "r", tmp_path / "straight")
+    ]
+    assert epoch[0] == epoch[1]
 
 
 def test_a_second_ctrl_c_stops_at_once_and_names_the_checkpoint_to_resume_from(
@@ -331,13 +338,13 @@ def test_a_ctrl_c_while_the_last_checkpoint_is_written_still_exports_the_finishe
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Before: every step had run, but a Ctrl-C during the final save was taken as a stop: no model, exit 130."""
-    save = FinalCheckpoint.on_train_end
+    save = FinalCheckpoint.save
 
-    def ctrl_c_while_saving(callback: FinalCheckpoint, trainer: pl.Trainer, module: pl.LightningModule) -> None:
+    def ctrl_c_while_saving(callback: FinalCheckpoint, trainer: pl.Trainer) -> None:
         os.kill(os.getpid(), signal.SIGINT)  # handled in this (the main) thread before the save goes on
-        save(callback, trainer, module)
+        save(callback, trainer)
 
-    monkeypatch.setattr(FinalCheckpoint, "on_train_end", ctrl_c_while_saving)
+    monkeypatch.setattr(FinalCheckpoint, "save", ctrl_c_while_saving)
     exported = run_training(tmp_path, "trainer.max_steps=2")
     assert "SIGINT: stopping at the end of this step" in capsys.readouterr().err
     assert exported == tmp_path / "checkpoints" / "starry_night.safetensors" and exported.is_file()
