@@ -18,7 +18,7 @@ from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
 from nst_ff.checkpoint import AtomicCheckpointIO, FinalCheckpoint, StopAtStepEnd
 from nst_ff.device import auto_precision, keep_freed_memory
-from nst_ff.errors import UserError
+from nst_ff.errors import UserError, exit_stopped
 from nst_ff.export import save_model
 from nst_ff.files import file_sha256
 from nst_ff.net import TransformerNet
@@ -240,6 +240,9 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     metadata = model.export_metadata()
     metadata["command"] = command
     metadata["config"] = cfg
-    save_model(path, model.net, metadata)
+    try:
+        save_model(path, model.net, metadata)
+    except KeyboardInterrupt as stop:  # before: "nothing written: it stopped before training began"
+        exit_stopped(f"the run finished but was not exported; {last} has it (infer.py model={last})", stop)
     print(f"exported {path}")
     return path

@@ -352,6 +352,23 @@ def test_a_ctrl_c_while_the_last_checkpoint_is_written_still_exports_the_finishe
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
 
 
+def test_a_ctrl_c_while_the_model_is_exported_names_the_finished_checkpoint(
+    tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Before: "nothing written: it stopped before training began", after the whole run and its checkpoints."""
+
+    def ctrl_c(*args: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("nst_ff.training.save_model", ctrl_c)
+    with pytest.raises(SystemExit) as stopped:
+        run_training(tmp_path, "trainer.max_steps=2")
+    assert stopped.value.code == 130
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    assert f"stopped (Ctrl-C); the run finished but was not exported; {last} has it" in capsys.readouterr().err
+    assert torch.load(last, weights_only=True)["global_step"] == 2
+
+
 def test_a_ctrl_c_while_the_fit_starts_stops_at_once_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture, monkeypatch: pytest.MonkeyPatch
 ) -> None:
