@@ -47,10 +47,12 @@ class VideoError(UserError, ValueError):
 
 @dataclass
 class _Batch:
-    """Consecutive frames (N, H, W, 3) uint8 RGB with their timestamps, and the audio packets demuxed with them."""
+    """Consecutive frames (N, H, W, 3) uint8 RGB with their timestamps and durations (0: unknown), and the audio
+    packets demuxed with them."""
 
     frames: np.ndarray
     pts: list[int]
+    durations: list[int] = field(default_factory=list)
     packets: list[av.Packet] = field(default_factory=list)
     rotation: int = 0  # how players turn the frames (the display matrix), degrees counter-clockwise
 
@@ -94,6 +96,16 @@ def video_megapixels(source: str | Path) -> float:
         container.close()
 
 
+def _gif_loop(source: Path) -> int:
+    """How often an animated GIF plays, as FFmpeg's GIF muxer counts it: -1 once, 0 forever, N repeats (Pillow
+    reads the count, FFmpeg's demuxer drops it). A video made into a GIF plays forever."""
+    try:
+        with Image.open(source) as image:
+            return image.info.get("loop", -1) if image.format == "GIF" else 0
+    except (OSError, ValueError):
+        return 0
+
+
 def _frame_rate(stream: av.video.stream.VideoStream) -> Fraction:
     return Fraction(stream.average_rate or stream.guessed_rate or 25)
 
@@ -120,6 +132,7 @@ def _batches(
                 # Every frame at the stream's size, even if the stream changes size midway.
                 frames.append(frame.to_ndarray(format="rgb24", width=width, height=height))
                 batch.pts.append(frame.pts if frame.pts is not None else round(count / rate / time_base))
+                batch.durations.append(frame.duration or 0)
                 count += 1
                 if len(frames) == batch_size:
                     batch.frames = np.stack(frames)
@@ -156,6 +169,7 @@ class _Encoder:
     def __init__(
         self,
         file: BinaryIO,
+        source: Path,
         target: Path,
         source_stream: av.video.stream.VideoStream,
         audio: list[av.audio.stream.AudioStream],
@@ -165,7 +179,8 @@ class _Encoder:
         speed: int,
     ) -> None:
         container_format, codec = _FORMATS[target.suffix.lower()]
-        self.output = av.open(file, "w", format=container_format)
+        options = {"loop": str(_gif_loop(source))} if codec == "gif" else {}
+        self.output = av.open(file, "w", format=container_format, options=options)
         width, height = source_stream.codec_context.width, source_stream.codec_context.height
         self.stream = self.output.add_stream(codec, rate=_frame_rate(source_stream))
         # Phone videos: stored sideways, shown upright. GIF and AVI cannot say how to show them: their frames are
@@ -229,14 +244,20 @@ class _Encoder:
         for packet in batch.packets:
             packet.stream = self.audio[packet.stream.index]
             self.output.mux(packet)
-        for rgb, source_pts in zip(batch.frames, batch.pts, strict=True):
+        for rgb, source_pts, duration in zip(batch.frames, batch.pts, batch.durations, strict=True):
             pts = round(source_pts * self.source_time_base / self.time_base)
             if self.last_pts is not None and pts <= self.last_pts:
                 pts = self.last_pts + self.frame_ticks
             frame = self.frame(rgb)
             frame.pts, frame.time_base = pts, self.time_base
             self.last_pts = pts
-            self.output.mux(self.stream.encode(frame))
+            packets = self.stream.encode(frame)
+            if self.stream.pix_fmt == "pal8" and duration:
+                # GIF's muxer takes the last frame's delay from its packet (else the delay before it: a GIF's long
+                # last frame was cut short); the encoder leaves it out, and gives one packet per frame at once.
+                for packet in packets:
+                    packet.duration = round(duration * self.source_time_base / self.time_base)
+            self.output.mux(packets)
 
     def finish(self) -> None:
         self.output.mux(self.stream.encode(None))
@@ -311,7 +332,9 @@ def stylize_video(
             def save(batch: _Batch) -> None:
                 nonlocal encoder, written
                 # Opened at the first frames: they say how the output must be rotated for display.
-                encoder = encoder or _Encoder(file, target, stream, audio_streams, batch.rotation, crf, preset, speed)
+                encoder = encoder or _Encoder(
+                    file, source, target, stream, audio_streams, batch.rotation, crf, preset, speed
+                )
                 encoder.write(batch)
                 bar.update(len(batch.frames))
                 written += len(batch.frames)

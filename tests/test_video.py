@@ -17,6 +17,7 @@ import av
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from nst_ff.images import load_image
 from nst_ff.paths import PROJECT_ROOT
@@ -287,6 +288,19 @@ def test_gif_frames_keep_few_colours_exactly() -> None:
     for rgb in (two_greys, ramp):
         assert np.array_equal(_gif_frame(rgb).to_ndarray(format="rgb24"), rgb)
     assert psnr(_gif_frame(photo).to_ndarray(format="rgb24").astype(np.float64), photo.astype(np.float64)) > 30
+
+
+@pytest.mark.parametrize("loop", [None, 0, 2])  # plays once, forever, three times
+def test_a_gif_keeps_its_frame_delays_and_loop_count(tmp_path: Path, loop: int | None) -> None:
+    """Before: the long last frame (a pause before the GIF starts again) became 600 ms, and every GIF looped."""
+    delays = [100, 200, 100, 2000]
+    frames = [Image.fromarray(np.full((32, 48, 3), 60 * i, np.uint8)) for i in range(len(delays))]
+    saved = {} if loop is None else {"loop": loop}
+    frames[0].save(tmp_path / "in.gif", save_all=True, append_images=frames[1:], duration=delays, **saved)
+    assert stylize_video(tmp_path / "in.gif", tmp_path / "out.gif", identity, progress=False) == len(delays)
+    with Image.open(tmp_path / "out.gif") as out:
+        assert out.info.get("loop") == loop
+        assert [(out.seek(i), out.info["duration"])[1] for i in range(out.n_frames)] == delays
 
 
 def test_an_output_type_only_read_is_an_option_mistake(model: Path, clip: Path, tmp_path: Path) -> None:  # noqa: F811
