@@ -29,7 +29,7 @@ from nst_ff.images import (
     to_uint8,
     write_picture,
 )
-from nst_ff.media import READ_ONLY_VIDEO_EXTENSIONS, VIDEO_EXTENSIONS, is_video, output_suffix
+from nst_ff.media import READ_ONLY_VIDEO_EXTENSIONS, VIDEO_EXTENSIONS, crf_mistake, is_video, output_suffix
 from nst_ff.paths import models_dir
 from nst_ff.pipeline import Writer, batched, read_ahead
 from nst_ff.stylize import Stylizer
@@ -189,6 +189,9 @@ def run(cfg: dict) -> int:
     if not pairs:
         found = ", ".join(MEDIA_EXTENSIONS)
         raise UserError(f"{', '.join(map(str, inputs))}: no images or videos found ({found})")
+    for target in (target for source, target in pairs if is_video(source)):
+        if mistake := crf_mistake(cfg["video"]["crf"], target):  # an option mistake: before the model loads
+            raise UserError(mistake)
     net, _ = load_model(model_path)
     if model_path.suffix.lower() == ".onnx":  # onnxruntime runs it as exported
         settings = ("precision", "compile", "tile_above")

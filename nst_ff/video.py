@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from nst_ff.errors import UserError
 from nst_ff.files import OutputError, atomic_write, cannot_write
-from nst_ff.media import X264_PRESETS
+from nst_ff.media import X264_PRESETS, crf_mistake
 from nst_ff.pipeline import overlapped
 
 # Output container and video codec per extension.
@@ -292,6 +292,8 @@ def stylize_video(
         raise VideoError(f"video.preset={preset}: unknown; choose one of {', '.join(X264_PRESETS)}")
     if batch_size < 1:
         raise VideoError(f"video.batch_size={batch_size}: must be at least 1")
+    if mistake := crf_mistake(crf, target):
+        raise VideoError(mistake)
     device = torch.device(device)
     container = _open_input(source)
     try:

@@ -303,6 +303,16 @@ def test_a_gif_keeps_its_frame_delays_and_loop_count(tmp_path: Path, loop: int |
         assert [(out.seek(i), out.info["duration"])[1] for i in range(out.n_frames)] == delays
 
 
+def test_a_crf_above_h264_s_scale_is_refused_not_clamped(model: Path, clip: Path, tmp_path: Path) -> None:  # noqa: F811
+    """Before: video.crf=60 passed the option check (VP9 goes to 63) and FFmpeg wrote H.264 at 51 without a word."""
+    result = infer(f"model={model}", f"input={clip}", f"output={tmp_path / 'styled.mp4'}", "video.crf=60")
+    assert result.returncode == 2 and "video.crf=60: H.264" in result.stderr and "takes 0 to 51" in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and not (tmp_path / "styled.mp4").exists()
+    with pytest.raises(VideoError, match="takes 0 to 51"):
+        stylize_video(clip, tmp_path / "styled.mkv", identity, crf=52, progress=False)
+    assert stylize_video(clip, tmp_path / "styled.gif", identity, crf=60, progress=False) > 0  # GIF has no scale
+
+
 def test_an_output_type_only_read_is_an_option_mistake(model: Path, clip: Path, tmp_path: Path) -> None:  # noqa: F811
     """Before: .m4v passed the option check as a video type FFmpeg reads, then failed after the model loaded
     (exit 1); the input itself as the output likewise."""
