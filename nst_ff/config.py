@@ -15,7 +15,13 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import ConfigKeyError, MissingMandatoryValue, OmegaConfBaseException
+from omegaconf.errors import (
+    ConfigKeyError,
+    InterpolationKeyError,
+    InterpolationResolutionError,
+    MissingMandatoryValue,
+    OmegaConfBaseException,
+)
 
 from nst_ff.device import auto_precision
 from nst_ff.paths import PROJECT_ROOT
@@ -255,9 +261,10 @@ def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[s
     Keys of ``open_nodes`` that the schema does not list are kept unchecked, for the caller to check."""
     try:
         # A mandatory value left unset (``???``) must stop here, not turn into the schema's default.
-        container = _home_expanded(OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, throw_on_missing=True))
+        resolved = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, throw_on_missing=True)
+        container = _map_strings(resolved, _home_expanded)
         extra = _open_keys(schema, container, open_nodes)
-        merged = OmegaConf.merge(OmegaConf.structured(schema), container)
+        merged = OmegaConf.merge(OmegaConf.structured(schema), _map_strings(container, _interpolation_escaped))
         _validate_tree(OmegaConf.to_object(merged))
     except MissingMandatoryValue as error:
         key = _key_as_set(cfg, error.full_key)
@@ -266,10 +273,15 @@ def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[s
         known = ", ".join(f.name for f in dataclasses.fields(error.object_type)) if error.object_type else ""
         key = _key_as_set(cfg, error.full_key)
         raise ConfigError(f"{key}: no such option" + (f"; options here: {known}" if known else "")) from None
+    except InterpolationResolutionError as error:  # before: "input=None: Interpolation key 'x' not found"
+        reason = str(error).split("\n")[0]
+        if isinstance(error, InterpolationKeyError):
+            reason += "; a '${' begins an interpolation, write '\\${' for the characters themselves (a file's name)"
+        raise ConfigError(f"{_key_as_set(cfg, error.full_key)}: {reason}") from None
     except OmegaConfBaseException as error:
         reason = str(error).split("\n")[0]
         raise ConfigError(f"{_key_as_set(cfg, error.full_key)}={error.value}: {reason}") from None
-    result = _present(OmegaConf.to_container(merged, enum_to_str=True), container)
+    result = _present(OmegaConf.to_container(merged, resolve=True, enum_to_str=True), container)
     for name, values in extra.items():
         result[name].update(values)
     return result
@@ -290,14 +302,25 @@ def _key_as_set(cfg: DictConfig | dict[str, Any], full_key: str) -> str:
     return full_key
 
 
-def _home_expanded(value: Any) -> Any:
-    """Every value that starts with ``~`` as a path in the user's home (``data.root=~/photos``, which a shell may
-    pass on as it is): each path option would otherwise look for a folder named ``~``."""
+def _map_strings(value: Any, change: Callable[[str], str]) -> Any:
+    """``value`` (containers of plain values) with ``change`` applied to every string in it."""
     if isinstance(value, dict):
-        return {key: _home_expanded(item) for key, item in value.items()}
+        return {key: _map_strings(item, change) for key, item in value.items()}
     if isinstance(value, list):
-        return [_home_expanded(item) for item in value]
-    return os.path.expanduser(value) if isinstance(value, str) and value.startswith("~") else value
+        return [_map_strings(item, change) for item in value]
+    return change(value) if isinstance(value, str) else value
+
+
+def _home_expanded(value: str) -> str:
+    """A value that starts with ``~`` as a path in the user's home (``data.root=~/photos``, which a shell may pass on
+    as it is): each path option would otherwise look for a folder named ``~``."""
+    return os.path.expanduser(value) if value.startswith("~") else value
+
+
+def _interpolation_escaped(value: str) -> str:
+    """A resolved value's ``${`` (from an escaped one: ``input=cat\\${x}.jpg``, a file's name) escaped again, or
+    the schema's merge reads it as an interpolation of its own."""
+    return value.replace("${", "\\${")
 
 
 def _present(checked: Any, given: Any) -> Any:

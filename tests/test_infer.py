@@ -58,6 +58,18 @@ def test_file_names_hydras_grammar_reserves_and_the_home_folder(model: Path, tmp
     assert Image.open(tmp_path / "o" / "x~.png").size == Image.open(SAMPLES / "chelsea.jpg").size
 
 
+def test_a_file_name_with_an_interpolation_s_characters(model: Path, tmp_path: Path) -> None:
+    """OmegaConf's escape, ``\\${``, names the file. Before: the escaped name failed as the unescaped one did (the
+    schema check read the resolved ``${x}`` as an interpolation again), in words that named no fix ("input=None")."""
+    shutil.copy(SAMPLES / "chelsea.jpg", tmp_path / "cat${x}.jpg")
+    result = infer(f"model={model}", f"input={tmp_path}/cat\\${{x}}.jpg", f"output={tmp_path / 'out.png'}")
+    assert result.returncode == 0, result.stderr
+    assert Image.open(tmp_path / "out.png").size == Image.open(SAMPLES / "chelsea.jpg").size
+    result = infer(f"model={model}", f"input={tmp_path}/cat${{x}}.jpg")
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert "input: Interpolation key 'x' not found; a '${' begins an interpolation, write '\\${'" in result.stderr
+
+
 def test_ctrl_c_keeps_whole_files_and_a_second_run_does_the_rest(tmp_path: Path) -> None:
     """Before: a KeyboardInterrupt traceback from inside the network."""
     photos = tmp_path / "photos"
