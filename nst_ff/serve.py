@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import functools
 import os
+from collections.abc import Callable
 from typing import Any
 
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
+from nst_ff.device import resolve_device
 from nst_ff.errors import UserError, require
 from nst_ff.export import resolve_model, shipped_models
 from nst_ff.stylize import Stylizer
@@ -51,6 +53,29 @@ def stylize_photo(
     return stylizer.stylize(photo, strength=strength, preserve_color=preserve_color, max_size=max_size)
 
 
+def _photo_told_on_the_page(gr: Any, preprocess: Callable[[Any], Any]) -> Callable[[Any], Any]:
+    """The photo's decoding (``gr.Image.preprocess``), with an upload that is no readable image told on the page: in
+    Gradio's own, it showed "an exception" there and a traceback on the server's console. Decoded whole here, so
+    that a truncated file fails too. (A subclass of gr.Image would do it too, but Gradio writes a ``.pyi`` of
+    each subclass beside its source: into the installed package.)"""
+
+    def checked(payload: Any) -> Any:
+        try:
+            photo = preprocess(payload)
+            if photo is not None:
+                photo.load()
+            return photo
+        except (OSError, SyntaxError, ValueError) as error:
+            name = getattr(payload, "orig_name", None) or "the photo"
+            # Pillow's "cannot identify" names the upload's copy in Gradio's cache, not the user's file.
+            what = "not an image file" if isinstance(error, UnidentifiedImageError) else f"unreadable ({error})"
+            raise gr.Error(
+                f"{name}: {what}; upload a JPEG, PNG, WebP, BMP or TIFF image", print_exception=False
+            ) from None
+
+    return checked
+
+
 def build_app(
     device: str = "auto", precision: str = "auto", max_size: int | None = None, model_paths: bool = True
 ) -> Any:
@@ -63,7 +88,9 @@ def build_app(
     def run(
         photo: Image.Image | None, style: str, upload: str | None, path: str, strength: float, preserve: bool
     ) -> Image.Image:
-        model = upload or (path or "").strip() or style
+        # Served beyond this machine, the path box is hidden, and a path sent to the API all the same is not read
+        # (it loaded any file of the server's as a model, and said which ones exist).
+        model = upload or ((path or "").strip() if model_paths else "") or style
         # The page shows the mistake; the server's console is not for tracebacks of the page's user's mistakes.
         if not model:
             raise gr.Error("no model: pick a style or give a model file", print_exception=False)
@@ -84,6 +111,7 @@ def build_app(
                     label="photo",
                     elem_id="photo",
                 )
+                photo.preprocess = _photo_told_on_the_page(gr, photo.preprocess)
                 default = "starry_night" if "starry_night" in styles else (styles[0] if styles else None)
                 style = gr.Dropdown(styles, value=default, label="style (shipped)", elem_id="style")
                 with gr.Accordion("another model", open=False):
@@ -123,6 +151,7 @@ def serve(
 ) -> Any:
     """The nst-serve command: serve the page on ``host:port`` (this machine only by default). ``block=False``
     returns the running app (``app.close()`` stops it)."""
+    resolve_device(device)  # a device this machine lacks is refused now, not at every request
     app = build_app(device, precision, max_size, model_paths=host in LOOPBACK)
     try:
         app.launch(

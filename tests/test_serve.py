@@ -139,7 +139,9 @@ def test_page_in_a_real_browser(tmp_path: Path, outbound: list[str]) -> None:
     assert not outbound, f"the server looked up {outbound}"
 
 
-def test_a_mistake_on_the_page_is_told_there_without_a_traceback_on_the_console(capfd: pytest.CaptureFixture) -> None:
+def test_a_mistake_on_the_page_is_told_there_without_a_traceback_on_the_console(
+    capfd: pytest.CaptureFixture, tmp_path: Path
+) -> None:
     """Before: the page showed the message and the server's console a 30-line traceback of it."""
     client_module = pytest.importorskip(
         "gradio_client", reason="the web page needs gradio: pip install 'nst-ff[serve]'"
@@ -151,9 +153,38 @@ def test_a_mistake_on_the_page_is_told_there_without_a_traceback_on_the_console(
         photo = client_module.handle_file(str(PHOTO))
         with pytest.raises(Exception, match=r"/no/model\.safetensors: no such model file"):
             client.predict(photo, "starry_night", None, "/no/model.safetensors", 1.0, False, api_name="/run")
+        # Before: "The upstream Gradio app has raised an exception" on the page, Gradio's traceback on the console.
+        (tmp_path / "notes.jpg").write_text("not a photo")
+        (tmp_path / "cut.jpg").write_bytes(PHOTO.read_bytes()[:3000])
+        for name, reason in (("notes.jpg", "not an image file"), ("cut.jpg", r"unreadable \(.*\)")):
+            with pytest.raises(Exception, match=rf"{name}: {reason}; upload a JPEG, PNG"):
+                upload = client_module.handle_file(str(tmp_path / name))
+                client.predict(upload, "starry_night", None, "", 1.0, False, api_name="/run")
     finally:
         app.close()
     assert "Traceback" not in capfd.readouterr().err
+
+
+def test_served_beyond_this_machine_a_model_path_sent_to_the_api_is_not_read() -> None:
+    """The page hides the path box off loopback. Before: the API loaded any file of the server's as a model and
+    told which ones exist."""
+    client_module = pytest.importorskip("gradio_client", reason="the web page needs gradio")
+    port = free_port()
+    app = serve.build_app(model_paths=False)
+    app.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, ssr_mode=False)
+    try:
+        client = client_module.Client(f"http://127.0.0.1:{port}/", verbose=False)
+        photo = client_module.handle_file(str(PHOTO))
+        result = client.predict(photo, "starry_night", None, "/no/model.safetensors", 1.0, False, api_name="/run")
+    finally:
+        app.close()
+    assert psnr(Image.open(result), serve.stylize_photo(Image.open(PHOTO), "starry_night")) > 40  # the style's
+
+
+def test_a_device_this_machine_lacks_is_refused_before_serving() -> None:
+    """Before: the page started and every request failed with the device's error."""
+    with pytest.raises(UserError, match="device=cuda:99: no such CUDA GPU here"):
+        serve.serve(port=free_port(), device="cuda:99", block=False)
 
 
 def test_draft_config_has_the_entry_function_options() -> None:
