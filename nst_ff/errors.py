@@ -34,6 +34,9 @@ def exit_on_user_error() -> Iterator[None]:
         cause: BaseException | None = error
         while cause is not None and not isinstance(cause, UserError):
             cause = cause.__cause__
+        if cause is None and isinstance(error, PermissionError) and error.filename:
+            # A file or folder this user may not read or write (another user's, chmod): no bug to trace.
+            cause = UserError(f"{error.filename}: permission denied; change its permissions, or give another path")
         if cause is None:
             raise
         print(f"error: {' '.join(str(cause).split())}", file=sys.stderr)  # one line, whatever a message quotes

@@ -7,6 +7,7 @@ checkpoints (``.ckpt``) are read with ``torch.load(weights_only=True)`` for the 
 from __future__ import annotations
 
 import json
+import os
 import pickle
 import zipfile
 from collections.abc import Mapping
@@ -55,6 +56,8 @@ def run_record(hparams: Mapping[str, Any], steps: int, style_sha256: str | None)
 def _read(path: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any], dict[str, Any]]:
     if not path.is_file():
         raise ModelFileError(f"{path}: no such model file")
+    if not os.access(path, os.R_OK):  # safetensors said "No such file or directory", and advised a re-download
+        raise ModelFileError(f"{path}: permission denied; change its permissions, or give another model file")
     if path.suffix.lower() == ".ckpt":
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=True)

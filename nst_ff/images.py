@@ -8,6 +8,7 @@ plus an optional alpha channel.
 from __future__ import annotations
 
 import io
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,8 @@ from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
 from nst_ff.errors import UserError
 from nst_ff.files import OutputError, atomic_write, cannot_write
 
+log = logging.getLogger(__name__)
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
 _SRGB = ImageCms.createProfile("sRGB")
 
@@ -31,12 +34,19 @@ class ImageError(UserError, ValueError):
 def find_images(root: str | Path, extensions: tuple[str, ...] = IMAGE_EXTENSIONS) -> list[Path]:
     """Image files under ``root`` (recursive, extension matched in any case), sorted for reproducibility.
     Symlinked folders are followed (a dataset linked into a folder of photos; ``Path.rglob`` skips them before
-    Python 3.13), each real folder once, so that a link back up the tree is no endless loop."""
+    Python 3.13), each real folder once, so that a link back up the tree is no endless loop. A folder this user
+    may not read is left out with a warning (os.walk skipped it without a word)."""
     root = Path(root)
     if not root.is_dir():
         raise ImageError(f"{root}: no such folder")
+    if not os.access(root, os.R_OK | os.X_OK):
+        raise ImageError(f"{root}: permission denied; change its permissions, or give another folder")
+
+    def unreadable(error: OSError) -> None:
+        log.warning("%s: cannot read this folder (%s); its files are left out", error.filename, error.strerror)
+
     found, seen = [], set()
-    for folder, subfolders, names in os.walk(root, followlinks=True):
+    for folder, subfolders, names in os.walk(root, onerror=unreadable, followlinks=True):
         real = os.path.realpath(folder)
         if real in seen:
             subfolders.clear()
@@ -114,6 +124,8 @@ def read_picture(path: str | Path, dtype: torch.dtype = torch.float32, min_short
         raise ImageError(f"{path}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"{path}: is a folder, not an image") from None
+    except PermissionError:  # before: "unreadable image (...); re-export or re-download it"
+        raise ImageError(f"{path}: permission denied; change its permissions, or leave it out") from None
     except UnidentifiedImageError:
         empty = Path(path).stat().st_size == 0
         what = "an empty file" if empty else "not an image file (or a format Pillow cannot read)"

@@ -347,3 +347,53 @@ def test_an_existing_folder_named_like_a_file_is_an_output_folder(tmp_path: Path
     photo = SAMPLES / "coffee.jpg"
     assert plan([photo], folder, "tiny") == [(photo, folder / "coffee_tiny.jpg")]
     assert plan([SAMPLES], folder, "tiny")[0] == (SAMPLES / "astronaut.jpg", folder / "astronaut.jpg")
+
+
+def test_what_this_user_may_not_read_is_one_line_each(
+    model: Path,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    """Permissions (root, which runs the tests, reads anything: the refusals are the system's, raised here). Before:
+    a PermissionError traceback for a path in a folder the user may not enter (exit 1); a folder run left out an
+    unreadable subfolder without a word; a model file without read permission was "No such file or directory"
+    (safetensors' words) with advice to re-download it; a photo was told to be re-exported."""
+    from nst_ff.errors import exit_on_user_error
+    from nst_ff.images import find_images, read_picture
+
+    with pytest.raises(SystemExit) as exited, exit_on_user_error():
+        raise PermissionError(13, "Permission denied", "locked/x.jpg")  # what os.stat raises there
+    assert exited.value.code == 2
+    assert (
+        capsys.readouterr().err
+        == "error: locked/x.jpg: permission denied; change its permissions, or give another path\n"
+    )
+    for folder in ("photos", "photos/locked"):
+        (tmp_path / folder).mkdir()
+        shutil.copy(SAMPLES / "chelsea.jpg", tmp_path / folder / "a.jpg")
+    scandir = os.scandir
+
+    def refusing_scandir(path: str | os.PathLike) -> object:
+        if Path(path).name == "locked":
+            raise PermissionError(13, "Permission denied", str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing_scandir)
+    assert find_images(tmp_path / "photos") == [tmp_path / "photos" / "a.jpg"]
+    assert f"{tmp_path / 'photos' / 'locked'}: cannot read this folder (Permission denied)" in caplog.text
+    access = os.access
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path).name != "locked" and access(path, mode))
+    with pytest.raises(UserError, match="locked: permission denied; change its permissions"):
+        find_images(tmp_path / "photos" / "locked")
+    monkeypatch.setattr(os, "access", lambda path, mode: Path(path) != model and access(path, mode))
+    with pytest.raises(ModelFileError, match=f"{re.escape(str(model))}: permission denied"):
+        load_model(model)
+
+    def refusing_open(path: Path) -> Image.Image:
+        raise PermissionError(13, "Permission denied", str(path))
+
+    monkeypatch.setattr(Image, "open", refusing_open)
+    with pytest.raises(UserError, match=r"a\.jpg: permission denied; change its permissions, or leave it out"):
+        read_picture(tmp_path / "photos" / "a.jpg")
