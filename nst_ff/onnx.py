@@ -35,7 +35,7 @@ from nst_ff import errors
 from nst_ff.errors import UserError, brief
 from nst_ff.execution import export_execution
 from nst_ff.export import ModelFileError, load_model, model_with_weights
-from nst_ff.files import atomic_write
+from nst_ff.files import atomic_write, require_writable
 from nst_ff.images import load_image, resize
 from nst_ff.net import TransformerNet
 from nst_ff.paths import SAMPLES_DIR
@@ -184,6 +184,7 @@ def main(model: str, output: str | None = None, opset: int = OPSET, overwrite: b
         print(f"kept {target} (exists; overwrite=true replaces it)")
         return 0
     check_opset(opset)
+    require_writable(target)  # now, not after the export's half minute
     net, metadata = load_model(path)
     results = export_file(net, {**metadata, "source": path.name}, target, opset)
     sizes = ", ".join(f"{size} {value:.1f} dB" for size, value in results.items())
