@@ -120,9 +120,8 @@ def mark_output_folder(folder: Path) -> None:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / OUTPUT_MARKER).touch()
     except OSError as error:
-        raise UserError(
-            f"{folder}: cannot create the output folder ({error.strerror}); choose another output"
-        ) from None
+        reason = "a file is there" if folder.is_file() else error.strerror  # not "File exists"
+        raise UserError(f"{folder}: cannot create the output folder ({reason}); choose another output") from None
 
 
 def _output_kind(source: Path) -> tuple[str, tuple[str, ...]]:

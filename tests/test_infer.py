@@ -144,6 +144,16 @@ def test_a_folder_where_an_output_would_go_is_a_failure_not_a_kept_output(model:
     assert Image.open(tmp_path / "out" / "chelsea.jpg").size == Image.open(SAMPLES / "chelsea.jpg").size
 
 
+def test_a_file_where_the_output_folder_would_go_is_named_as_such(model: Path, tmp_path: Path) -> None:
+    (tmp_path / "photos").mkdir()
+    shutil.copy(SAMPLES / "coffee.jpg", tmp_path / "photos")
+    (tmp_path / "styled").write_text("notes")
+    result = infer(f"model={model}", f"input={tmp_path / 'photos'}", f"output={tmp_path / 'styled'}")
+    # Before: "(File exists)", as if a folder of that name were the trouble.
+    assert result.returncode == 2 and "styled: cannot create the output folder (a file is there)" in result.stderr
+    assert (tmp_path / "styled").read_text() == "notes"
+
+
 def test_transparency_dropped_by_a_jpeg_output_is_said(model: Path, tmp_path: Path) -> None:
     photo = Image.open(SAMPLES / "chelsea.jpg").convert("RGBA")
     photo.save(tmp_path / "opaque.png")  # an alpha channel with nothing transparent: nothing to say
