@@ -86,6 +86,13 @@ def compare_model(model: str, name: str, paths: list[Path], args: argparse.Names
         # Named by its place in the folder: photos of one name in two subfolders must not share a grid.
         photo = path.relative_to(folder) if folder else Path(path.name)
         content = load_image(path, args.size).to(device)
+        try:  # a strip narrower at --size than the VGG's poolings: before, torch's traceback and no report
+            loss.check_size(tuple(content.shape[-2:]), f"{path}: at --size {args.size}", "--size")
+        except ImageError as error:
+            if folder is None:
+                raise
+            print(f"{name}: skipped {error}", file=sys.stderr)
+            continue
         start = time.perf_counter()
         feed_forward = stylizer(content)
         _synchronize(device)
@@ -109,6 +116,8 @@ def compare_model(model: str, name: str, paths: list[Path], args: argparse.Names
         write_picture(out / photo.with_name(f"{photo.stem}_grid.jpg"), grid)
         print(f"{name} {photo.as_posix()}: feed-forward {row['feed_forward_s']:.2f} s", end="")
         print(f", optimization {row['optimization_s']:.1f} s" if args.steps else "")
+    if not rows:
+        raise UserError(f"{args.content}: no photo wide enough for {name}'s loss at --size {args.size}; raise --size")
     report = {
         "name": name,
         "model": str(model_path),

@@ -131,6 +131,26 @@ def test_a_broken_photo_is_skipped_not_the_comparison(tmp_path: Path) -> None:
     assert [row["image"] for row in rows] == ["b_chelsea.jpg"]
 
 
+def test_a_photo_too_narrow_for_the_loss_is_skipped_and_alone_is_one_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    """A 4000x16 strip is 64x1 px at --size 64, narrower than VGG-16's poolings: before, torch's "Output size is too
+    small" as a traceback after the first photo, and no report."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    Image.open(SAMPLES / "chelsea.jpg").save(photos / "a_chelsea.jpg")
+    Image.open(SAMPLES / "rocket.jpg").resize((4000, 16)).save(photos / "b_strip.png")
+    args = ("--model", "starry_night_fast", "--size", "64", "--steps", "0", "--device", "cpu")
+    main(["--content", str(photos), "--out", str(tmp_path / "out"), *args])
+    stderr = capsys.readouterr().err
+    assert f"skipped {photos / 'b_strip.png'}: at --size 64 the image is 64x1 px, too narrow" in stderr
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["models"][0]["rows"]
+    assert [row["image"] for row in rows] == ["a_chelsea.jpg"]
+    status, _, stderr = compare_stopped(capsys, tmp_path / "alone", "--content", str(photos / "b_strip.png"), *args)
+    assert status == 2 and stderr.startswith(f"error: {photos / 'b_strip.png'}: at --size 64 the image is 64x1 px")
+    assert len(stderr.strip().splitlines()) == 1 and not (tmp_path / "alone").exists()
+
+
 def test_an_out_folder_of_other_files_is_refused_and_an_earlier_report_s_is_replaced(
     tmp_path: Path, capsys: pytest.CaptureFixture
 ) -> None:
