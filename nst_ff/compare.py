@@ -5,8 +5,9 @@
 
 Each model's outputs are scored with its own training loss (from its metadata), which is also the loss
 the optimization minimises; the unstylised photo is scored too, as the reference. Writes report.md
-(a summary row per model, then every photo), report.json and one grid per photo and model
-(content | style | optimization | feed-forward; no optimization with ``--steps 0``).
+(a summary row per model, then every photo), report.json and one grid per photo and model,
+``<model>/<photo's name>_grid.jpg``, linked from the photo's row (content | style | optimization | feed-forward;
+no optimization with ``--steps 0``).
 """
 
 from __future__ import annotations
@@ -79,12 +80,13 @@ def compare_model(model: str, name: str, paths: list[Path], args: argparse.Names
     stylizer(torch.rand(1, 3, 64, 64, device=device))
     if args.steps:
         coarse_to_fine(loss, torch.rand(1, 3, 64, 64, device=device), style, [64], 1, "content", args.optimizer)
-    out = Path(args.out) / name
     rows = []
     folder = Path(args.content) if Path(args.content).is_dir() else None
     for path in paths:
         # Named by its place in the folder: photos of one name in two subfolders must not share a grid.
         photo = path.relative_to(folder) if folder else Path(path.name)
+        # Its whole name, extension and all: before, a.bmp's grid and a.png's were both a_grid.jpg.
+        grid_path = Path(name) / photo.with_name(f"{photo.name}_grid.jpg")  # under --out, as the report links it
         content = load_image(path, args.size).to(device)
         try:  # a strip narrower at --size than the VGG's poolings: before, torch's traceback and no report
             loss.check_size(tuple(content.shape[-2:]), f"{path}: at --size {args.size}", "--size")
@@ -98,6 +100,7 @@ def compare_model(model: str, name: str, paths: list[Path], args: argparse.Names
         _synchronize(device)
         row: dict[str, Any] = {
             "image": photo.as_posix(),
+            "grid": grid_path.as_posix(),
             "size": f"{content.shape[-1]}x{content.shape[-2]}",
             "feed_forward_s": time.perf_counter() - start,
             "photo": scores(loss, content, content),
@@ -113,7 +116,7 @@ def compare_model(model: str, name: str, paths: list[Path], args: argparse.Names
             tiles.append(optimized)
         rows.append(row)
         grid = make_grid(torch.cat([*tiles, feed_forward]).cpu(), nrow=len(tiles) + 1)
-        write_picture(out / photo.with_name(f"{photo.stem}_grid.jpg"), grid)
+        write_picture(Path(args.out) / grid_path, grid)
         print(f"{name} {photo.as_posix()}: feed-forward {row['feed_forward_s']:.2f} s", end="")
         print(f", optimization {row['optimization_s']:.1f} s" if args.steps else "")
     if not rows:
@@ -177,7 +180,7 @@ def markdown(reports: list[dict[str, Any]], size: int) -> str:
             "|---|---|---|---|---|" + ("---|" if with_opt else ""),
         ]
         for r in report["rows"]:
-            line = f"| {r['image']} | {r['size']} | {_triple(r, 'content')} | {_triple(r, 'style')} | "
+            line = f"| [{r['image']}](<{r['grid']}>) | {r['size']} | {_triple(r, 'content')} | {_triple(r, 'style')} | "
             line += f"{r['feed_forward_s']:.2f} |" + (f" {r['optimization_s']:.1f} |" if with_opt else "")
             lines.append(line)
     return "\n".join(lines) + "\n"

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -31,7 +32,7 @@ def test_report_times_and_scores_both_methods(tmp_path: Path) -> None:
         assert row["feed_forward"]["style"] < row["photo"]["style"]
         assert row["optimization"]["total"] < row["photo"]["total"]
         assert row["photo"]["content"] == 0
-        grid = Image.open(tmp_path / "starry_night" / f"{Path(row['image']).stem}_grid.jpg")
+        grid = Image.open(tmp_path / row["grid"])
         assert grid.width > 3.5 * grid.height  # content | style | optimization | feed-forward
     assert "| starry_night |" in (tmp_path / "report.md").read_text()
     assert "speed-up" in result.stdout
@@ -78,7 +79,30 @@ def test_photos_of_one_name_in_two_subfolders_each_get_their_row_and_grid(tmp_pa
     rows = json.loads((tmp_path / "out" / "report.json").read_text())["models"][0]["rows"]
     assert [row["image"] for row in rows] == ["a/x.jpg", "b/x.jpg"]
     grids = tmp_path / "out" / "starry_night_fast"
-    assert (grids / "a" / "x_grid.jpg").is_file() and (grids / "b" / "x_grid.jpg").is_file()
+    assert (grids / "a" / "x.jpg_grid.jpg").is_file() and (grids / "b" / "x.jpg_grid.jpg").is_file()
+
+
+def test_photos_of_one_stem_each_get_their_grid_and_their_row_links_it(tmp_path: Path) -> None:
+    """Before: a.bmp's grid and a.png's were both a_grid.jpg, the second written over the first."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, sample in (("a.bmp", "chelsea.jpg"), ("a.png", "coffee.jpg")):
+        Image.open(SAMPLES / sample).save(photos / name)
+    command = [sys.executable, "-m", "nst_ff.compare", "--content", str(photos), "--out", str(tmp_path / "out")]
+    command += ["--model", "starry_night_fast", "--size", "32", "--steps", "0", "--device", "cpu"]
+    result = subprocess.run(command, capture_output=True, text=True, cwd=PROJECT_ROOT, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads((tmp_path / "out" / "report.json").read_text())["models"][0]["rows"]
+    assert [row["grid"] for row in rows] == ["starry_night_fast/a.bmp_grid.jpg", "starry_night_fast/a.png_grid.jpg"]
+    for row, other in zip(rows, reversed(rows), strict=True):
+        width, height = map(int, row["size"].split("x"))
+        grid = np.asarray(Image.open(tmp_path / "out" / row["grid"]), np.float32)
+        tile = grid[2 : 2 + height, 2 : 2 + width]  # the first tile, after make_grid's padding: the photo
+        own, wrong = (
+            np.asarray(Image.open(photos / r["image"]).resize((width, height)), np.float32) for r in (row, other)
+        )
+        assert np.abs(tile - own).mean() < np.abs(tile - wrong).mean() / 3
+        assert f"| [{row['image']}](<{row['grid']}>) |" in (tmp_path / "out" / "report.md").read_text()
 
 
 def compare_stopped(capsys: pytest.CaptureFixture, out: Path, *args: str) -> tuple[int, str, str]:
