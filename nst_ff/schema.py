@@ -22,6 +22,7 @@ from nst_ff.errors import UserError
 from nst_ff.execution import COMPILE_SETTINGS
 from nst_ff.media import X264_PRESETS
 from nst_ff.net import NORMS, UPSAMPLES
+from nst_ff.stylize import max_size_error
 from nst_ff.tiling import tiling_error
 from nst_ff.weights import SOURCES, VGG_BLOCKS
 
@@ -70,8 +71,9 @@ def check_device(key: str, device: str) -> None:
     require(bool(known), key, device, "choose auto, cpu, cuda, cuda:N or mps")
 
 
-def check_max_size(key: str, max_size: int | None) -> None:
-    require(max_size is None or max_size >= 16, key, max_size, "16 or more, or null")
+def check_max_size(max_size: int | None) -> None:
+    if problem := max_size_error(max_size):
+        raise ConfigError(problem)
 
 
 def is_host(host: str) -> bool:
@@ -360,7 +362,7 @@ class InferConfig:
         require(bool(self.model), "model", self.model, "required: a shipped model's name or a model file")
         require(self.input not in (None, "", []), "input", self.input, "required: an image file, a folder or a list")
         require(0 <= self.strength <= 1, "strength", self.strength, "must be between 0 and 1")
-        check_max_size("max_size", self.max_size)
+        check_max_size(self.max_size)
         check_device("device", self.device)
         check_compile("compile", self.compile)
         problem = tiling_error(self.tile_above, self.tile_size, self.tile_overlap)
@@ -427,4 +429,4 @@ class ServeConfig:
         require(is_host(self.host), "host", self.host, allowed)
         require(1 <= self.port <= 65535, "port", self.port, "must be between 1 and 65535")
         check_device("device", self.device)
-        check_max_size("max_size", self.max_size)
+        check_max_size(self.max_size)

@@ -35,6 +35,12 @@ def _check_batch(images: torch.Tensor) -> None:
         )
 
 
+def max_size_error(max_size: int | None) -> str | None:
+    """What is wrong with ``max_size`` (``infer.py``'s, ``nst-serve``'s and ``Stylizer.stylize_batch``'s), as
+    ``max_size=value: what is allowed``; None when nothing is."""
+    return None if max_size is None or max_size >= 16 else f"max_size={max_size}: 16 or more, or null"
+
+
 class Stylizer:
     """Stylise images with a trained TransformerNet.
 
@@ -136,16 +142,19 @@ class Stylizer:
         self, images: torch.Tensor, strength: float = 1.0, preserve_color: bool = False, max_size: int | None = None
     ) -> torch.Tensor:
         """(N, 3, H, W) images -> stylised images, same size and device. ``strength`` blends with the original
-        (0: unchanged); ``preserve_color`` keeps the photo's colours; ``max_size`` caps the long side the network
-        sees (the result is scaled back up to the original size)."""
+        (0: unchanged); ``preserve_color`` keeps the photo's colours; ``max_size`` (16 or more, or None) caps the
+        long side the network sees (the result is scaled back up to the original size)."""
         if not 0 <= strength <= 1:
             raise ValueError(f"strength must be between 0 and 1, got {strength}")
+        # Before: -5 gave the network a 1x1 image (a flat result), 0 was taken as no limit.
+        if problem := max_size_error(max_size):
+            raise ValueError(problem)
         _check_batch(images)
         if strength == 0:
             return images.to(torch.float32, copy=True)  # float32, as every other strength gives
         height, width = images.shape[-2:]
         work = images
-        if max_size and max(height, width) > max_size:
+        if max_size is not None and max(height, width) > max_size:
             work = resize(images, long_side_size(height, width, max_size))
         out = resize(self(work), (height, width))
         if preserve_color:

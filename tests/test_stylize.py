@@ -241,6 +241,16 @@ def test_max_size_downscales_first_and_returns_the_original_size(net: Transforme
     assert seen == [(66, 100)] and out.shape == photo.shape
 
 
+@pytest.mark.parametrize("max_size", [-5, 0, 15])
+def test_a_max_size_the_command_line_refuses_is_refused_in_its_words(
+    net: TransformerNet, photo: torch.Tensor, max_size: int
+) -> None:
+    """Before: -5 let the network see 1x1 pixels and gave a flat image; 0 was taken as no limit."""
+    image = Image.open(SAMPLES / "coffee.jpg")
+    with pytest.raises(ValueError, match=rf"^max_size={max_size}: 16 or more, or null$"):
+        Stylizer(net).stylize(image, max_size=max_size)
+
+
 def test_pil_in_pil_out_keeps_alpha(net: TransformerNet) -> None:
     rgba = Image.open(SAMPLES / "chelsea.jpg").convert("RGBA")
     alpha = Image.linear_gradient("L").resize(rgba.size)
