@@ -20,14 +20,19 @@ from nst_ff.images import long_side_size, resize
 from nst_ff.net import InstanceNorm
 
 
+def _whole_number(value: object) -> bool:
+    # A bool is an int to Python: before, tile_above=true was 1 pixel and tiled every image.
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def tiling_error(tile_above: int | str, tile_size: int, tile_overlap: int) -> str | None:
     """What is wrong with these tiling options (``infer.py``'s and ``Stylizer``'s), as ``option=value: what is
     allowed``; None when nothing is."""
-    if not (tile_above == "auto" or (isinstance(tile_above, int) and tile_above >= 1)):
+    if not (tile_above == "auto" or (_whole_number(tile_above) and tile_above >= 1)):
         return f"tile_above={tile_above}: auto (the device's choice) or 1 or more pixels"
-    if not isinstance(tile_size, int) or tile_size < 64:
+    if not _whole_number(tile_size) or tile_size < 64:
         return f"tile_size={tile_size}: must be a whole number of pixels, 64 or more"
-    if not isinstance(tile_overlap, int) or not 0 <= tile_overlap < tile_size // 2:
+    if not _whole_number(tile_overlap) or not 0 <= tile_overlap < tile_size // 2:
         return f"tile_overlap={tile_overlap}: must be at least 0 and less than half of tile_size={tile_size}"
     return None
 

@@ -105,6 +105,8 @@ def test_export_and_serve_configs_validate_into_their_functions_arguments() -> N
         ("infer", ["+colour=1"], "colour: no such option; options here: model, input, output"),
         ("infer", ["model=null"], "model: required"),
         ("infer", ["tile_above=0"], "tile_above=0: auto (the device's choice) or 1 or more pixels"),
+        # Before: taken as 1 pixel, every image tiled.
+        ("infer", ["tile_above=true"], "tile_above=True: auto (the device's choice) or 1 or more pixels"),
         # Before: "0 to tile_size/2", though tile_size/2 itself is refused and the default 64 was the culprit.
         ("infer", ["tile_size=128"], "tile_overlap=64: must be at least 0 and less than half of tile_size=128"),
         ("infer", ["video.preset=quick"], "video.preset=quick: one of ultrafast, superfast"),

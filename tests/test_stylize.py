@@ -202,6 +202,9 @@ def test_images_the_network_cannot_take_give_one_clear_error(
         # Before: blamed on tile_overlap.
         ({"tile_size": 100.5}, "tile_size=100.5: must be a whole number of pixels"),
         ({"tile_size": 64, "tile_overlap": 40}, "tile_overlap=40: .* less than half of tile_size=64"),
+        # Before: taken as 1, a bool being an int to Python: every image tiled, a 1 pixel overlap.
+        ({"tile_above": True}, r"tile_above=True: auto \(the device's choice\) or 1 or more pixels"),
+        ({"tile_overlap": True}, "tile_overlap=True: must be at least 0"),
     ],
 )
 def test_wrong_tiling_options_are_one_clear_error(net: TransformerNet, options: dict, message: str) -> None:
