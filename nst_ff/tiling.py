@@ -107,9 +107,11 @@ def stylize_tiled(
     stats_pixels: int = 1024 * 1024,
 ) -> torch.Tensor:
     """``run`` the network over (1, 3, H, W) ``image`` tile by tile; returns (1, 3, H, W) on the CPU. The
-    statistics are measured on the image downscaled to ``stats_pixels`` if it has more."""
+    statistics are measured on the image downscaled to ``stats_pixels`` if it has more. ``tile`` is rounded down
+    to a multiple of 4, ``overlap`` up to one."""
     tile = max(tile // _ALIGN * _ALIGN, 2 * _ALIGN)
-    overlap = min(overlap // _ALIGN * _ALIGN, tile // 2)
+    # Up: before, an overlap of 1-3 pixels was rounded down to none, and its tiles were not blended at all.
+    overlap = min(math.ceil(overlap / _ALIGN) * _ALIGN, tile // 2)
     height, width = image.shape[-2:]
     scale = math.sqrt(stats_pixels / (height * width))
     small = image if scale >= 1 else resize(image, long_side_size(height, width, int(max(height, width) * scale)))

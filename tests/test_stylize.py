@@ -119,6 +119,16 @@ def test_tiles_agree_with_the_whole_image(net: TransformerNet, photo: torch.Tens
     assert psnr(naive, whole) < psnr(tiled, whole) - 5
 
 
+def test_an_overlap_of_a_few_pixels_is_rounded_up_to_a_blended_one(net: TransformerNet, photo: torch.Tensor) -> None:
+    """Tiles start on multiples of 4: before, an overlap of 1-3 pixels was rounded down to none, tiles unblended."""
+    tiled = {
+        overlap: Stylizer(net, precision="fp32", tile_above=64 * 64, tile_size=96, tile_overlap=overlap)(photo)
+        for overlap in (0, 1, 3, 4)
+    }
+    assert torch.equal(tiled[1], tiled[4]) and torch.equal(tiled[3], tiled[4])
+    assert not torch.equal(tiled[1], tiled[0])
+
+
 def test_a_photo_just_above_the_tiling_threshold_looks_like_one_stylised_whole() -> None:
     net = small_net(num_res_blocks=2)
     painting = load_image(PROJECT_ROOT / "assets" / "styles" / "the_scream.jpg")  # 1200x1528, 1.8 megapixels
