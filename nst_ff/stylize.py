@@ -167,7 +167,9 @@ class Stylizer:
 
     def stylize(self, image: Image.Image | torch.Tensor, **options: Any) -> Image.Image | torch.Tensor:
         """One PIL image (any mode; alpha kept), a (3, H, W) tensor or an (N, 3, H, W) batch in [0, 1] -> the
-        stylised image(s), same size, type and device. ``options``: those of ``stylize_batch``."""
+        stylised image(s), same size, type and device; a PIL image's EXIF orientation is applied, as ``infer.py``
+        does, so a rotated photo comes back upright, width and height swapped. ``options``: those of
+        ``stylize_batch``."""
         if isinstance(image, Image.Image):
             out = self.stylize_picture(decode(image), **options)
             return to_pil(out.rgb, out.alpha)

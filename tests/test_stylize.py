@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 
 from nst_ff.color import _rgb_to_ycbcr
 from nst_ff.device import auto_precision, cpu_has_fast_bf16, resolve_dtype
@@ -271,6 +271,21 @@ def test_pil_in_pil_out_keeps_alpha(net: TransformerNet) -> None:
     out = Stylizer(net).stylize(rgba)
     assert out.mode == "RGBA" and out.size == rgba.size
     assert list(out.getchannel("A").getdata()) == list(alpha.getdata())
+
+
+def test_pil_in_pil_out_upright_for_an_exif_rotated_photo(net: TransformerNet) -> None:
+    """The README said "the same size out": a 96x64 JPEG with orientation 6 comes back 64x96, as infer.py writes it."""
+    exif = Image.Exif()
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
+    buffer = io.BytesIO()
+    Image.open(SAMPLES / "chelsea.jpg").resize((96, 64)).save(buffer, "JPEG", exif=exif)
+    rotated = Image.open(buffer)
+    assert rotated.size == (96, 64)
+    stylizer = Stylizer(net, precision="fp32")
+    out = stylizer.stylize(rotated)
+    assert out.size == (64, 96)
+    upright = np.asarray(stylizer.stylize(ImageOps.exif_transpose(rotated)))
+    assert np.array_equal(np.asarray(out), upright)
 
 
 def _photo_in_mode(photo: Image.Image, mode: str) -> Image.Image:
