@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from PIL import Image
+
+from nst_ff.images import IMAGE_EXTENSIONS
+
 VIDEO_EXTENSIONS = (".mp4", ".mov", ".mkv", ".webm", ".avi", ".gif")
 # Videos FFmpeg reads that are written as .mp4: iTunes and phones (.m4v, .3gp), camcorders (.mts, .m2ts), Windows,
 # Flash, MPEG and Ogg files.
@@ -17,9 +21,16 @@ def is_video(path: str | Path) -> bool:
 
 
 def output_suffix(path: str | Path) -> str:
-    """The extension of ``path``'s stylised copy: its own, or .mp4 for a video type that is only read."""
+    """The extension of ``path``'s stylised copy: its own where that type is written here; for a type only read,
+    .mp4 for a video, .jpg for JPEG's other names (.jfif, .jpe) and .png for any other image (lossless, alpha kept).
+    """
     suffix = Path(path).suffix
-    return ".mp4" if suffix.lower() in READ_ONLY_VIDEO_EXTENSIONS else suffix
+    if suffix.lower() in READ_ONLY_VIDEO_EXTENSIONS:
+        return ".mp4"
+    if suffix.lower() in VIDEO_EXTENSIONS + IMAGE_EXTENSIONS:
+        return suffix
+    # Before: photo.jfif's output was photo_<model>.jfif, refused as an unknown image type after the model loaded.
+    return ".jpg" if Image.registered_extensions().get(suffix.lower()) == "JPEG" else ".png"
 
 
 def crf_mistake(crf: int | None, target: str | Path) -> str | None:

@@ -96,6 +96,17 @@ def test_single_file(model: Path, tmp_path: Path) -> None:
     assert Image.open(out).size == Image.open(SAMPLES / "chelsea.jpg").size
 
 
+def test_an_image_type_read_but_not_written_gets_an_output_type_written(model: Path, tmp_path: Path) -> None:
+    """Before: photo.jfif (a JPEG) gave photo_tiny.jfif, "unknown output image type" after the model had loaded."""
+    Image.open(SAMPLES / "chelsea.jpg").save(tmp_path / "photo.jfif", "JPEG")
+    Image.open(SAMPLES / "coffee.jpg").save(tmp_path / "scan.ppm")
+    for name, written, image_type in (("photo.jfif", "photo_tiny.jpg", "JPEG"), ("scan.ppm", "scan_tiny.png", "PNG")):
+        result = infer(f"model={model}", f"input={tmp_path / name}")
+        assert result.returncode == 0, result.stderr
+        with Image.open(tmp_path / written) as out, Image.open(tmp_path / name) as source:
+            assert out.format == image_type and out.size == source.size
+
+
 def test_folder_keeps_tree_skips_bad_files_and_lists_failures(model: Path, tmp_path: Path) -> None:
     photos = tmp_path / "photos"
     (photos / "nested").mkdir(parents=True)
