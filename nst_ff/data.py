@@ -27,7 +27,9 @@ def is_decodable(path: Path) -> bool:
     """Decode the whole file (JPEGs at 1/8 scale, which still reads every byte) to catch truncation."""
     try:
         with Image.open(path) as image:
-            image.draft("RGB", (image.width // 8, image.height // 8))
+            # At least 1 px a side: a draft of 0 px (a photo under 8 px on a side) divided by zero in Pillow, and the
+            # photo, which decodes, was skipped as unreadable.
+            image.draft("RGB", (max(1, image.width // 8), max(1, image.height // 8)))
             image.load()
         return True
     except Exception:  # any failure means "not usable": PIL raises many types for bad files

@@ -166,3 +166,17 @@ def test_datamodule_batches_and_validation_set(messy_folder: Path, sample_photos
     assert images.dtype == torch.float32 and torch.equal(images * 255, batches[0].float())
     assert module.val_images.shape == (3, 3, 24, 24)
     assert next(iter(module.val_dataloader())).shape == (3, 3, 24, 24)
+
+
+def test_photos_under_8_px_on_a_side_are_used(tmp_path: Path, sample_photos: list[Path]) -> None:
+    """Before: a JPEG 8x5 or 7x300 asked libjpeg for a 1/8-scale draft of 0 px, Pillow divided by zero, and the
+    check skipped the photo as "unreadable or non-image", though it decodes."""
+    root = tmp_path / "photos"
+    root.mkdir()
+    shutil.copy(sample_photos[0], root / "big.jpg")
+    photo = Image.open(sample_photos[1]).convert("RGB")
+    for width, height in ((8, 5), (7, 300)):
+        photo.resize((width, height)).save(root / f"tiny_{width}x{height}.jpg")
+    usable = usable_images(find_images(root))
+    assert [p.name for p in usable] == ["big.jpg", "tiny_7x300.jpg", "tiny_8x5.jpg"]
+    assert read_picture(root / "tiny_8x5.jpg").rgb.shape == (3, 5, 8)
