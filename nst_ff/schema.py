@@ -146,6 +146,9 @@ class DataConfig:
     val_count: int = 4
 
     def validate(self) -> None:
+        # An empty folder (data.root=$PHOTOS with PHOTOS unset) was the current one, searched recursively.
+        for key in ("root", "val_root"):
+            require(getattr(self, key) != "", f"data.{key}", "", "empty; give a folder of photos")
         require(self.image_size >= 16, "data.image_size", self.image_size, "must be 16 or more")
         require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be 1 or more")
         workers_ok = self.num_workers is None or self.num_workers >= 0

@@ -473,6 +473,9 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
     ("override", "message"),
     [
         ("data.root=/no/such/folder", "/no/such/folder: no such folder"),
+        # Before: the current folder, searched recursively (it trained on earlier runs' outputs).
+        ("data.root=", "data.root=: empty; give a folder of photos"),
+        ("data.val_root=", "data.val_root=: empty; give a folder of photos"),
         ("ckpt_path=/no/such.ckpt", "/no/such.ckpt: no such checkpoint"),
         # Before: a traceback from Lightning (no path for the best weights: ''), exit 1, and a run folder left.
         ("ckpt_path=", "ckpt_path=: empty; give the checkpoint to resume"),
