@@ -156,6 +156,17 @@ def _refuse_loss_options_of_distillation(cfg: DictConfig | None) -> None:
             )
 
 
+def _refuse_output_dir() -> None:
+    """``output_dir`` is the run folder Hydra made: given on the command line, the run wrote its checkpoints and model
+    there (over an earlier run's, unchecked) and its log and recorded config into the run folder Hydra made."""
+    for argument in task_overrides(sys.argv[1:]):
+        if argument.split("=", 1)[0].lstrip("+~") == "output_dir":
+            raise UserError(
+                f"{argument}: the run folder, which Hydra sets; choose it with hydra.run.dir=DIR (a sweep's with "
+                "hydra.sweep.dir=DIR)"
+            )
+
+
 def _values(arguments: list[str], key: str) -> list[str]:
     """The values the command line gives ``key`` (``key=value``), in order, without quotes."""
     return [a.split("=", 1)[1].strip("'\"") for a in arguments if a.startswith(f"{key}=")]
@@ -239,6 +250,7 @@ def train() -> None:
     with exit_on_ctrl_c(NOTHING_DONE):
         cfg = _check_command_line(CONFIG_DIR, "train", style_paths=True, settings=_train_settings)
         with exit_on_user_error():
+            _refuse_output_dir()
             _refuse_loss_options_of_distillation(cfg)
         _keep_earlier_run()
         _own_run_folder("train")
@@ -280,6 +292,8 @@ def optimize() -> None:
         return
     with exit_on_ctrl_c(NOTHING_DONE):
         _check_command_line(CONFIG_DIR, "optimize", style_paths=True, settings=_optimize_settings)
+        with exit_on_user_error():
+            _refuse_output_dir()
         _own_run_folder("optimize")
         _optimize()
 

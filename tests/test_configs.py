@@ -220,6 +220,7 @@ def test_hydra_composition_errors_become_one_line(overrides: list[str], message:
         # Before: "content=None: Incompatible value 'None' for field of type 'str'".
         ("optimize.py", ["output=x.jpg"], "content: required: the photo to stylise"),
         ("train.py", ["seed=-1", "experiment=smoke"], "seed=-1: must be between 0 and 4294967295"),
+        ("optimize.py", ["output_dir=x", "content=x.jpg"], "output_dir=x: the run folder, which Hydra sets; choose"),
         ("train.py", ["+trainer.max_step=3", "experiment=smoke"], "trainer.max_step: no such Lightning Trainer"),
         # Before: Hydra's three-line advice and its stack trace hint.
         ("infer.py", ["model=starry_night", "input=a,b.jpg"], "input=a,b.jpg: a comma here means one run per value"),

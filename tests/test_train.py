@@ -487,6 +487,8 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
         ("model.init_from=/no/model.safetensors", "/no/model.safetensors: no such model file"),
         ("teacher=starry_night", "teacher=starry_night: only experiment=distill has a teacher"),  # before: ignored
         ("loss.weights.source=teacher", "loss.weights.source=teacher: only experiment=distill has a teacher"),
+        # Before: trained, its checkpoints and model there (over an earlier run's, unchecked), its log in outputs/.
+        ("output_dir=run", "output_dir=run: the run folder, which Hydra sets; choose it with hydra.run.dir=DIR"),
         # Before: Hydra's FileExistsError traceback.
         (f"hydra.run.dir={PROJECT_ROOT / 'README.md'}", "README.md: cannot make the run folder (a file is there)"),
         ("model.init_from=starry_night", "model.init_from has network"),  # shipped: 32 channels, smoke: 8
