@@ -31,8 +31,8 @@ from nst_ff.schema import ConfigError
 def style_path_overrides(args: list[str]) -> list[str]:
     """Let ``style=`` name a painting's file as well as a ``conf/style`` option: ``style=a/b.jpg``
     becomes ``style.name=b style.image=/abs/a/b.jpg`` (Hydra would otherwise look for a config). A
-    ``style.image=a/b.jpg`` without ``style.name=`` names the style ``b`` too: otherwise the default style's
-    name stayed, and the run folder, the exported model and a resume's style check all said starry_night."""
+    ``style.image=a/b.jpg`` without ``style.name=`` names the style ``b`` too (``conf/style``: the name is the
+    painting's file name), or the run folder, the exported model and a resume's style check said starry_night."""
     out = []
     for arg in args:
         key, _, value = arg.partition("=")
@@ -41,22 +41,23 @@ def style_path_overrides(args: list[str]) -> list[str]:
             out += [f"style.name={path.stem}", f"style.image={path}"]
         else:
             out.append(arg)
-    images = [arg.partition("=")[2] for arg in out if arg.startswith("style.image=")]
-    if images and Path(images[-1]).suffix and not any(arg.startswith("style.name=") for arg in out):
-        out.append(f"style.name={Path(images[-1]).stem}")
     return out
 
 
 def register_resolvers() -> None:
     """``${project_root:}``: the repository folder (bundled styles and samples live there);
     ``${auto_precision:ACCELERATOR}``: bf16 mixed precision where the hardware is fast at it, else fp32;
-    ``${model_name:NAME_OR_PATH}``: a model's name (``model_name``)."""
+    ``${model_name:NAME_OR_PATH}``: a model's name (``model_name``); ``${file_stem:PATH}``: a file's name without
+    its extension, a style's name (``conf/style``: each job of a sweep over ``style.image`` is named after its own
+    painting, where the name given once on the command line named them all after the last one)."""
     if not OmegaConf.has_resolver("project_root"):
         OmegaConf.register_new_resolver("project_root", lambda: str(PROJECT_ROOT))
     if not OmegaConf.has_resolver("auto_precision"):
         OmegaConf.register_new_resolver("auto_precision", auto_precision)
     if not OmegaConf.has_resolver("model_name"):
         OmegaConf.register_new_resolver("model_name", model_name)
+    if not OmegaConf.has_resolver("file_stem"):
+        OmegaConf.register_new_resolver("file_stem", lambda path: Path(str(path)).stem)
 
 
 @functools.lru_cache(maxsize=8)  # the resolver runs at each composition and resolution of one command's config

@@ -357,11 +357,8 @@ def test_a_painting_given_by_its_file_names_the_style(tmp_path: Path) -> None:
     painting.write_bytes((PROJECT_ROOT / "assets" / "styles" / "great_wave.jpg").read_bytes())
     assert style_path_overrides([f"style={painting}"]) == ["style.name=my_garden", f"style.image={painting}"]
     # Before: style.image alone kept the default style's name (starry_night) for the run folder and the model.
-    assert style_path_overrides([f"style.image={painting}", "seed=1"])[-1] == "style.name=my_garden"
-    assert style_path_overrides([f"style.image={painting}", "style.name=mine"]) == [
-        f"style.image={painting}",
-        "style.name=mine",
-    ]
+    assert train_config(f"style.image={painting}", "style=the_scream")["style"]["name"] == "my_garden"
+    assert train_config(f"style.image={painting}", "style.name=mine")["style"]["name"] == "mine"
 
 
 def test_hydra_flags_and_their_values_are_not_taken_for_overrides() -> None:

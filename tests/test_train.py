@@ -19,6 +19,7 @@ import pytorch_lightning as pl
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 from tensorboard.plugins.hparams.plugin_data_pb2 import HParamsPluginData
 
@@ -433,6 +434,26 @@ def test_multirun_sweep_records_each_jobs_own_command(tmp_path: Path) -> None:
         assert meta["command"].startswith("python train.py experiment=smoke") and "-m" not in meta["command"].split()
         weight = next(arg for arg in meta["command"].split() if arg.startswith("loss.style_weight="))
         assert float(weight.split("=")[1]) == meta["loss"]["style_weight"]  # this job's value, not the sweep
+
+
+@pytest.mark.parametrize(
+    ("sweep", "models"),
+    [
+        # Before: style.name=cmyk (the last painting's) was added to every job: job 0's model was cmyk.safetensors.
+        ("style.image={gray},{cmyk}", ["gray", "cmyk"]),
+    ],
+)
+def test_a_sweep_over_paintings_names_each_job_after_its_own(tmp_path: Path, sweep: str, models: list[str]) -> None:
+    painting = Image.open(PROJECT_ROOT / "assets" / "styles" / "the_scream.jpg")
+    files = {"gray": tmp_path / "a" / "gray.jpg", "cmyk": tmp_path / "b" / "cmyk.jpg"}
+    for mode, path in files.items():
+        path.parent.mkdir()
+        painting.convert(mode.upper().replace("GRAY", "L")).save(path)
+    runs = tmp_path / "runs"
+    result = run_script("-m", *FAST, sweep.format(**files), "trainer.max_steps=1", f"hydra.sweep.dir={runs}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    for job, name in enumerate(models):
+        assert [p.name for p in (runs / str(job) / "checkpoints").glob("*.safetensors")] == [f"{name}.safetensors"]
 
 
 def test_a_new_run_or_another_run_s_resume_into_an_earlier_run_s_folder_is_refused_and_its_own_resume_is_not(
