@@ -134,11 +134,11 @@ def _check_command_line(
     register_resolvers()
     if any(argument in HYDRA_INFO_FLAGS for argument in sys.argv[1:]):
         return _hydra_information()
-    if style_paths:
-        sys.argv[1:] = style_path_overrides(sys.argv[1:])
-    sys.argv[1:] = literal_values(sys.argv[1:])
     check_job = None if settings is None else lambda cfg: settings(OmegaConf.merge(cfg, {"output_dir": "."}))
     with exit_on_user_error():
+        if style_paths:
+            sys.argv[1:] = style_path_overrides(sys.argv[1:])
+        sys.argv[1:] = literal_values(sys.argv[1:])
         return check_command_line(config_dir, config_name, sys.argv[1:], check_job)
 
 

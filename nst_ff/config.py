@@ -24,7 +24,7 @@ from omegaconf.errors import (
 )
 
 from nst_ff.device import auto_precision
-from nst_ff.paths import PROJECT_ROOT
+from nst_ff.paths import CONFIG_DIR, PROJECT_ROOT
 from nst_ff.schema import ConfigError
 
 
@@ -32,16 +32,52 @@ def style_path_overrides(args: list[str]) -> list[str]:
     """Let ``style=`` name a painting's file as well as a ``conf/style`` option: ``style=a/b.jpg``
     becomes ``style.name=b style.image=/abs/a/b.jpg`` (Hydra would otherwise look for a config). A
     ``style.image=a/b.jpg`` without ``style.name=`` names the style ``b`` too (``conf/style``: the name is the
-    painting's file name), or the run folder, the exported model and a resume's style check said starry_night."""
+    painting's file name), or the run folder, the exported model and a resume's style check said starry_night.
+    A sweep's values are each taken so: ``-m style=starry_night,a/b.jpg`` becomes one over the paintings,
+    ``style.image=.../starry_night.jpg,/abs/a/b.jpg`` (before, the whole value was looked for as one file)."""
+    multirun = any(arg in ("-m", "--multirun") for arg in args)
     out = []
     for arg in args:
         key, _, value = arg.partition("=")
-        if key == "style" and Path(value).suffix and Path(value).expanduser().is_file():
-            path = Path(value).expanduser().resolve()
+        path = _painting_file(value) if key == "style" else None
+        paintings = _swept_paintings(value) if key == "style" and multirun and path is None else None
+        if path is not None:
             out += [f"style.name={path.stem}", f"style.image={path}"]
+        elif paintings:
+            out.append("style.image=" + ",".join(_literal(painting) for painting in paintings))
         else:
             out.append(arg)
     return out
+
+
+def _painting_file(value: str) -> Path | None:
+    """The painting's file that a ``style=`` value names, or None (an option of ``conf/style``)."""
+    path = Path(value).expanduser()
+    return path.resolve() if path.suffix and path.is_file() else None
+
+
+def _swept_paintings(value: str) -> list[str] | None:
+    """The painting of each value of a sweep ``style=a,b`` (an option's from its ``conf/style`` file), where a file
+    is among them: one key must carry both kinds of value, and a painting names its job (``conf/style``).
+    None for a sweep over options alone, which Hydra takes as it is."""
+    from hydra.core.override_parser.types import ChoiceSweep
+    from hydra.errors import HydraException
+
+    try:
+        sweep = _parser().parse_override(f"style={value}").value()
+        values = [str(element) for element in sweep.list] if isinstance(sweep, ChoiceSweep) else []
+    except HydraException:  # a file name the grammar cannot read (``IMG (1).jpg``, literal_values): commas still part
+        values = value.split(",")
+    if not any(_painting_file(element) for element in values):
+        return None
+    paintings = []
+    for element in values:
+        option = CONFIG_DIR / "style" / f"{element}.yaml"
+        if _painting_file(element) is None and not option.is_file():
+            choices = ", ".join(sorted(path.stem for path in option.parent.glob("*.yaml")))
+            raise ConfigError(f"style={element}: no such style option or image file; choose one of {choices}")
+        paintings.append(str(_painting_file(element) or OmegaConf.load(option).image))
+    return paintings
 
 
 def register_resolvers() -> None:
@@ -141,30 +177,39 @@ def literal_values(arguments: list[str]) -> list[str]:
     ``~`` or letters beyond ASCII (``input=IMG (1).jpg``, ``input=[Müller.jpg,b.jpg]``, ``data.root=~/photos``:
     a shell expands the ``~`` of ``key=~/...`` only for some keys and in some shells; ``validate`` expands it).
     Values the grammar reads (numbers, lists, sweeps, quoted strings) are left as they are."""
-    from hydra.core.override_parser.overrides_parser import OverridesParser
-    from hydra.errors import HydraException
-
-    parser = OverridesParser.create()
-
-    def readable(value: str) -> bool:
-        try:
-            parser.parse_override(f"key={value}")
-            return True
-        except HydraException:
-            return False
-
-    def literal(value: str) -> str:
-        return value if readable(value) else "'" + value.replace("'", "\\'") + "'"
-
     out = []
     for argument, is_override in _overrides_marked(arguments):
         key, equals, value = argument.partition("=")
-        if is_override and equals and not readable(value):
+        if is_override and equals and not _readable(value):
             if value.startswith("[") and value.endswith("]"):
-                value = "[" + ",".join(literal(element.strip()) for element in value[1:-1].split(",")) + "]"
-            argument = f"{key}={literal(value)}"
+                value = "[" + ",".join(_literal(element.strip()) for element in value[1:-1].split(",")) + "]"
+            argument = f"{key}={_literal(value)}"
         out.append(argument)
     return out
+
+
+@functools.cache
+def _parser() -> Any:
+    """Hydra's parser of overrides (built once: it is a grammar)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create()
+
+
+def _readable(value: str) -> bool:
+    """Whether Hydra's grammar reads ``value`` as an override's value."""
+    from hydra.errors import HydraException
+
+    try:
+        _parser().parse_override(f"key={value}")
+        return True
+    except HydraException:
+        return False
+
+
+def _literal(value: str) -> str:
+    """``value`` quoted where Hydra's grammar cannot read it, so that it is taken as the string it is."""
+    return value if _readable(value) else "'" + value.replace("'", "\\'") + "'"
 
 
 def check_command_line(

@@ -248,6 +248,11 @@ def test_entry_points_print_one_line_and_exit_2(tmp_path: Path, script: str, arg
         # Before: Hydra's multi-line report, and a sweep folder holding only multirun.yaml.
         (["loss.style_wieght=1e5,2"], "loss.style_wieght=100000.0: no such option"),
         (["style=starry_night,nope"], "style=nope: no such style option or image file"),
+        # A painting's file among the values: each other value must be an option (or a file) too.
+        (
+            [f"style={PROJECT_ROOT / 'assets' / 'styles' / 'udnie.jpg'},nope"],
+            "style=nope: no such style option or image file; choose one",
+        ),
     ],
 )
 def test_a_sweep_checks_every_job_before_the_first_starts(tmp_path: Path, args: list[str], message: str) -> None:

@@ -441,6 +441,8 @@ def test_multirun_sweep_records_each_jobs_own_command(tmp_path: Path) -> None:
     [
         # Before: style.name=cmyk (the last painting's) was added to every job: job 0's model was cmyk.safetensors.
         ("style.image={gray},{cmyk}", ["gray", "cmyk"]),
+        # Before: "no such style option or image file" for the whole value, though each was one or the other.
+        ("style=starry_night,{gray}", ["starry_night", "gray"]),
     ],
 )
 def test_a_sweep_over_paintings_names_each_job_after_its_own(tmp_path: Path, sweep: str, models: list[str]) -> None:
