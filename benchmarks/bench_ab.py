@@ -93,14 +93,25 @@ def main() -> None:
         )
         for side, folder in sides.items()
     }
-    for process in workers.values():
-        while process.stdout.readline().strip() != "READY":
+
+    def reply(side: str) -> str:
+        # A worker that died (a checkout without the model, an import error) closes its output: before, the wait
+        # for its line never ended.
+        line = workers[side].stdout.readline()
+        if not line:
+            for process in workers.values():
+                process.kill()
+            sys.exit(f"error: --{side}={sides[side]}: its worker stopped (its error is above)")
+        return line.strip()
+
+    for side in sides:
+        while reply(side) != "READY":
             pass
 
     def ask(side: str, command: str) -> float:
         workers[side].stdin.write(command + "\n")
         workers[side].stdin.flush()
-        return float(workers[side].stdout.readline())
+        return float(reply(side))
 
     rows = []
     for command in ("infer 512", "infer 1024", "train"):

@@ -25,7 +25,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.bench_train import training_module, training_step  # noqa: E402
-from benchmarks.report import print_report  # noqa: E402
+from benchmarks.report import print_report, run_main  # noqa: E402
 from nst_ff.device import auto_precision  # noqa: E402
 from nst_ff.export import load_model  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

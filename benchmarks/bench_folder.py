@@ -26,7 +26,7 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import print_report  # noqa: E402
+from benchmarks.report import print_report, run_main  # noqa: E402
 from nst_ff.export import load_model, resolve_model  # noqa: E402
 from nst_ff.images import to_pil, write_picture  # noqa: E402
 from nst_ff.infer import io_threads, read_hwc, stylize_files  # noqa: E402
@@ -138,4 +138,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -23,8 +23,8 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import median_seconds, print_report  # noqa: E402
-from nst_ff.export import load_model  # noqa: E402
+from benchmarks.report import median_seconds, print_report, run_main  # noqa: E402
+from nst_ff.export import load_model, resolve_model  # noqa: E402
 from nst_ff.images import load_image  # noqa: E402
 from nst_ff.net import TransformerNet  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
@@ -52,7 +52,7 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
 
 def load_net(model: str | None) -> TransformerNet:
     if model:
-        return load_model(model)[0]
+        return load_model(resolve_model(model))[0]
     torch.manual_seed(0)
     return TransformerNet()
 
@@ -79,7 +79,9 @@ def child(args: argparse.Namespace) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", help="exported model (default: a randomly initialised TransformerNet)")
+    parser.add_argument(
+        "--model", help="a shipped model's name or a model file (default: a randomly initialised TransformerNet)"
+    )
     parser.add_argument("--photo", default=str(ROOT / "assets" / "samples" / "rocket.jpg"))
     parser.add_argument("--sizes", type=int, nargs="+", default=[512, 1024, 2048])
     parser.add_argument("--repeats", type=int, default=5)
@@ -146,4 +148,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

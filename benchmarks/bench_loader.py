@@ -21,7 +21,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import print_report  # noqa: E402
+from benchmarks.report import print_report, run_main  # noqa: E402
 from nst_ff.data import PhotoDataModule, auto_workers  # noqa: E402
 from nst_ff.device import resolve_device  # noqa: E402
 
@@ -80,4 +80,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

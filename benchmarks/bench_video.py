@@ -1,4 +1,4 @@
-"""Video stylisation speed (frames/s end to end) and peak memory against clip length.
+r"""Video stylisation speed (frames/s end to end) and peak memory against clip length.
 
     python benchmarks/bench_video.py --model starry_night --heights 720 1080 --seconds 2
     python benchmarks/bench_video.py --model starry_night --heights 1080 --seconds 10 180 --max-size 128 \
@@ -31,7 +31,7 @@ import torch
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.report import median_seconds, print_report  # noqa: E402
+from benchmarks.report import median_seconds, print_report, run_main  # noqa: E402
 from nst_ff.export import load_model, resolve_model  # noqa: E402
 from nst_ff.images import load_image, resize  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
@@ -125,4 +125,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_main(main)

@@ -6,11 +6,15 @@ import json
 import os
 import platform
 import statistics
+import subprocess
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 import torch
+
+from nst_ff.errors import exit_on_user_error
 
 # The CPU features that decide which kernels run (AVX-512 and native bf16 change CPU timings 2-10x).
 CPU_FLAGS = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
@@ -68,3 +72,14 @@ def print_report(title: str, rows: list[dict[str, object]], extra: dict[str, obj
     print("JSON " + json.dumps(report))
     if json_path:
         Path(json_path).write_text(json.dumps(report, indent=2))
+
+
+def run_main(main: Callable[[], object]) -> None:
+    """A benchmark's entry point: a model, folder or device its options name that is not there is the project's one
+    line (exit status 2), and a measuring child process that failed is its last line, not two tracebacks."""
+    with exit_on_user_error():
+        try:
+            main()
+        except subprocess.CalledProcessError as error:
+            said = (error.stderr or "").strip().splitlines()[-1:] or ["its error is above"]
+            sys.exit(f"error: a measuring process failed: {said[0]}")
