@@ -10,7 +10,6 @@ Each command imports its package module when it runs, so that e.g. nst-infer doe
 from __future__ import annotations
 
 import os
-import re
 import signal
 import sys
 import textwrap
@@ -50,7 +49,7 @@ from nst_ff.config import (  # noqa: E402
     task_overrides,
     validate,
 )
-from nst_ff.errors import UserError, exit_on_ctrl_c, exit_on_user_error  # noqa: E402
+from nst_ff.errors import UserError, as_typed_here, exit_on_ctrl_c, exit_on_user_error  # noqa: E402
 from nst_ff.files import new_run_folder, removed_if_unused  # noqa: E402
 from nst_ff.paths import CONFIG_DIR  # noqa: E402
 from nst_ff.schema import ExportConfig, InferConfig, OptimizeConfig, ServeConfig, TrainConfig  # noqa: E402
@@ -103,10 +102,8 @@ def _help(config_dir: Path, config_name: str, summary: str) -> bool:
             lines += ["", f"    {group}/{path.name}:", textwrap.indent(path.read_text().rstrip(), "    ")]
     lines += ["", "--cfg job [key=value ...]: the whole config these options compose; --hydra-help: Hydra's flags"]
     text = "\n".join(lines)
-    if not program.endswith(".py"):  # an installed command (nst-train): the files' examples name the checkout's script
-        text = re.sub(rf"python {config_name}\.py(?= [\w.+~]+=)", program, text)
     try:
-        print(text, flush=True)
+        print(as_typed_here(text), flush=True)  # the config files' examples and comments name the checkout's scripts
     except BrokenPipeError:  # read through a pipe that closed early (--help | head): nothing is wrong
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # Python's own flush at exit would fail too
     return True

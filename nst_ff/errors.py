@@ -4,11 +4,13 @@ Entry points print these as one line and exit non-zero; anything else is a bug a
 """
 
 import importlib
+import re
 import signal
 import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
+from pathlib import Path
 from types import FrameType, ModuleType
 from typing import NoReturn
 
@@ -22,6 +24,18 @@ def brief(error: BaseException, limit: int = 200) -> str:
     errors run over several), at most ``limit`` characters."""
     text = " ".join(str(error).split()) or type(error).__name__
     return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+# The checkout's scripts, and the commands an installed nst-ff has in their place (pyproject's [project.scripts]).
+INSTALLED_COMMANDS = {"train": "nst-train", "infer": "nst-infer", "optimize": "nst-optimize"}
+
+
+def as_typed_here(text: str) -> str:
+    """``text`` (a message, --help) naming the commands as this process's user types them: an installed command
+    (nst-train) names its siblings, not the checkout's ``python train.py`` or ``infer.py``, which it has none of."""
+    if not Path(sys.argv[0]).name.startswith("nst-"):
+        return text
+    return re.sub(r"(?:python )?\b(train|infer|optimize)\.py\b", lambda m: INSTALLED_COMMANDS[m.group(1)], text)
 
 
 @contextmanager
@@ -39,7 +53,7 @@ def exit_on_user_error() -> Iterator[None]:
             cause = UserError(f"{error.filename}: permission denied; change its permissions, or give another path")
         if cause is None:
             raise
-        print(f"error: {' '.join(str(cause).split())}", file=sys.stderr)  # one line, whatever a message quotes
+        print(f"error: {as_typed_here(' '.join(str(cause).split()))}", file=sys.stderr)  # one line, whatever it quotes
         sys.exit(2)
 
 
@@ -52,7 +66,7 @@ def exit_stopped(kept: str, stop: KeyboardInterrupt | None = None) -> NoReturn:
     """One line saying what a command stopped by Ctrl-C (or ``stop``: a ``Terminated``) ``kept``, and the shells'
     exit status for it (130, or 143 for SIGTERM)."""
     signum = signal.SIGTERM if isinstance(stop, Terminated) else signal.SIGINT
-    print(f"stopped ({'Ctrl-C' if signum == signal.SIGINT else signum.name}); {kept}", file=sys.stderr)
+    print(as_typed_here(f"stopped ({'Ctrl-C' if signum == signal.SIGINT else signum.name}); {kept}"), file=sys.stderr)
     sys.exit(128 + signum)
 
 
