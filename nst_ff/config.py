@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import math
 import os
 import re
 import sys
@@ -291,11 +292,19 @@ def _open_keys(schema: type, container: dict[str, Any], open_nodes: tuple[str, .
     return extra
 
 
-def _validate_tree(obj: object) -> None:
+def _validate_tree(obj: object, as_set: Callable[[str], str], key: str = "") -> None:
+    """Each dataclass's ``validate``, its fields' first; and every number finite: ``inf`` passed the range checks
+    (``>= 0``) that ``nan`` fails, and ``model.lr=inf`` trained into NaN weights before it was refused. ``as_set``
+    names a key as the user sets it (``_key_as_set``)."""
+    if isinstance(obj, float) and not math.isfinite(obj):
+        raise ConfigError(f"{as_set(key)}={obj}: must be a finite number")
+    if isinstance(obj, dict):  # loss.content_layers' and style_layers' weights
+        for name, value in obj.items():
+            _validate_tree(value, as_set, f"{key}.{name}")
     if not dataclasses.is_dataclass(obj):
         return
     for f in dataclasses.fields(obj):
-        _validate_tree(getattr(obj, f.name))
+        _validate_tree(getattr(obj, f.name), as_set, f"{key}.{f.name}" if key else f.name)
     if hasattr(obj, "validate"):
         obj.validate()
 
@@ -311,7 +320,7 @@ def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[s
         container = _map_strings(resolved, _home_expanded)
         extra = _open_keys(schema, container, open_nodes)
         merged = OmegaConf.merge(OmegaConf.structured(schema), _map_strings(container, _interpolation_escaped))
-        _validate_tree(OmegaConf.to_object(merged))
+        _validate_tree(OmegaConf.to_object(merged), functools.partial(_key_as_set, cfg))
     except MissingMandatoryValue as error:
         key = _key_as_set(cfg, error.full_key)
         raise ConfigError(f"{key}: required; set {key}=...") from None

@@ -496,6 +496,9 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
     ("override", "message"),
     [
         ("data.root=/no/such/folder", "/no/such/folder: no such folder"),
+        # Before: inf passed the range checks that nan fails, and the run trained into NaN weights.
+        ("model.lr=inf", "model.lr=inf: must be a finite number"),
+        ("loss.style_weight=inf", "loss.style_weight=inf: must be a finite number"),
         # Before: the current folder, searched recursively (it trained on earlier runs' outputs).
         ("data.root=", "data.root=: empty; give a folder of photos"),
         ("data.val_root=", "data.val_root=: empty; give a folder of photos"),
