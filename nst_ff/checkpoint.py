@@ -13,6 +13,7 @@ from typing import Any
 import pytorch_lightning as pl
 import torch
 from lightning_fabric.utilities.types import _PATH
+from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
 from nst_ff.files import atomic_write
@@ -24,6 +25,15 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
         atomic_write(path, lambda file: torch.save(checkpoint, file))
+
+
+class StepCheckpoint(ModelCheckpoint):
+    """ModelCheckpoint without its save of last.ckpt as training ends: ``FinalCheckpoint`` saves that file at the last
+    step's end, and this one's save after it (in a run shorter than ``checkpoint.every_n_steps``, where it had saved
+    none) counted the step's epoch as complete: a resume ran an epoch ahead."""
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        pass
 
 
 class StopAtStepEnd(pl.Callback):

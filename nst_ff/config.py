@@ -43,17 +43,22 @@ def style_path_overrides(args: list[str]) -> list[str]:
         path = _painting_file(value) if key == "style" else None
         paintings = _swept_paintings(value) if key == "style" and multirun and path is None else None
         if path is not None:
-            out += [f"style.name={path.stem}", f"style.image={path}"]
+            out += [
+                f"style.name={interpolation_escaped(path.stem)}",
+                f"style.image={interpolation_escaped(str(path))}",
+            ]
         elif paintings:
-            out.append("style.image=" + ",".join(_literal(painting) for painting in paintings))
+            # Each quoted: a file's name may hold a comma, which the sweep would split on.
+            out.append("style.image=" + ",".join(_quoted(interpolation_escaped(p)) for p in paintings))
         else:
             out.append(arg)
     return out
 
 
 def _painting_file(value: str) -> Path | None:
-    """The painting's file that a ``style=`` value names, or None (an option of ``conf/style``)."""
-    path = Path(value).expanduser()
+    """The painting's file that a ``style=`` value names, or None (an option of ``conf/style``). An escaped ``\\${``
+    is the characters of a file's name (``literal_values``)."""
+    path = Path(value.replace("\\${", "${")).expanduser()
     return path.resolve() if path.suffix and path.is_file() else None
 
 
@@ -66,7 +71,10 @@ def _swept_paintings(value: str) -> list[str] | None:
 
     try:
         sweep = _parser().parse_override(f"style={value}").value()
-        values = [str(element) for element in sweep.list] if isinstance(sweep, ChoiceSweep) else []
+        # A quoted element ('a,b.jpg') is a QuotedString: its text is the value.
+        values = (
+            [getattr(element, "text", str(element)) for element in sweep.list] if isinstance(sweep, ChoiceSweep) else []
+        )
     except HydraException:  # a file name the grammar cannot read (``IMG (1).jpg``, literal_values): commas still part
         values = value.split(",")
     if not any(_painting_file(element) for element in values):
@@ -210,7 +218,12 @@ def _readable(value: str) -> bool:
 
 def _literal(value: str) -> str:
     """``value`` quoted where Hydra's grammar cannot read it, so that it is taken as the string it is."""
-    return value if _readable(value) else "'" + value.replace("'", "\\'") + "'"
+    return value if _readable(value) else _quoted(value)
+
+
+def _quoted(value: str) -> str:
+    """``value`` as one quoted string of Hydra's grammar."""
+    return "'" + value.replace("'", "\\'") + "'"
 
 
 def check_command_line(
@@ -319,7 +332,7 @@ def validate(cfg: DictConfig | dict[str, Any], schema: type, open_nodes: tuple[s
         resolved = OmegaConf.to_container(OmegaConf.create(cfg), resolve=True, throw_on_missing=True)
         container = _map_strings(resolved, _home_expanded)
         extra = _open_keys(schema, container, open_nodes)
-        merged = OmegaConf.merge(OmegaConf.structured(schema), _map_strings(container, _interpolation_escaped))
+        merged = OmegaConf.merge(OmegaConf.structured(schema), _map_strings(container, interpolation_escaped))
         _validate_tree(OmegaConf.to_object(merged), functools.partial(_key_as_set, cfg))
     except MissingMandatoryValue as error:
         key = _key_as_set(cfg, error.full_key)
@@ -372,7 +385,7 @@ def _home_expanded(value: str) -> str:
     return os.path.expanduser(value) if value.startswith("~") else value
 
 
-def _interpolation_escaped(value: str) -> str:
+def interpolation_escaped(value: str) -> str:
     """A resolved value's ``${`` (from an escaped one: ``input=cat\\${x}.jpg``, a file's name) escaped again, or
     the schema's merge reads it as an interpolation of its own."""
     return value.replace("${", "\\${")

@@ -35,7 +35,9 @@ def as_typed_here(text: str) -> str:
     (nst-train) names its siblings, not the checkout's ``python train.py`` or ``infer.py``, which it has none of."""
     if not Path(sys.argv[0]).name.startswith("nst-"):
         return text
-    return re.sub(r"(?:python )?\b(train|infer|optimize)\.py\b", lambda m: INSTALLED_COMMANDS[m.group(1)], text)
+    # Not a path's last part (input=scripts/infer.py): the scripts are named alone.
+    pattern = r"(?:python )?(?<![\w/.~-])(train|infer|optimize)\.py\b"
+    return re.sub(pattern, lambda m: INSTALLED_COMMANDS[m.group(1)], text)
 
 
 @contextmanager

@@ -61,6 +61,13 @@ def require(condition: bool, key: str, value: object, allowed: str) -> None:
         raise ConfigError(f"{key}: {allowed}" if value is None else f"{key}={value}: {allowed}")
 
 
+def check_no_interpolation(key: str, value: str | None) -> None:
+    """A training run's name, painting and photos: Hydra reads a '${' in them (escaped on the command line,
+    ``x\\${y}.jpg``) as an interpolation again, in the run folder's name and in what it instantiates: a traceback
+    after the run folder was made."""
+    require(value is None or "${" not in value, key, value, "holds '${', which a training run cannot: rename it")
+
+
 def check_compile(key: str, setting: object) -> None:
     require(setting in COMPILE_SETTINGS, key, setting, "choose true, false or auto")
 
@@ -93,8 +100,10 @@ class StyleConfig:
     def validate(self) -> None:
         file_name = self.name not in ("", ".", "..") and not set(self.name) & {"/", "\\"}
         require(file_name, "style.name", self.name, "must be a file name: it names the run folder and the model file")
+        check_no_interpolation("style.name", self.name)
         exists = self.image is None or Path(self.image).is_file()
         require(exists, "style.image", self.image, "no such file; give the painting's image file")
+        check_no_interpolation("style.image", self.image)
 
 
 @dataclass
@@ -149,6 +158,7 @@ class DataConfig:
         # An empty folder (data.root=$PHOTOS with PHOTOS unset) was the current one, searched recursively.
         for key in ("root", "val_root"):
             require(getattr(self, key) != "", f"data.{key}", "", "empty; give a folder of photos")
+            check_no_interpolation(f"data.{key}", getattr(self, key))
         require(self.image_size >= 16, "data.image_size", self.image_size, "must be 16 or more")
         require(self.batch_size >= 1, "data.batch_size", self.batch_size, "must be 1 or more")
         workers_ok = self.num_workers is None or self.num_workers >= 0

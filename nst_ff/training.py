@@ -13,10 +13,10 @@ import pytorch_lightning as pl
 import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate
-from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor
 from pytorch_lightning.utilities.exceptions import MisconfigurationException
 
-from nst_ff.checkpoint import AtomicCheckpointIO, FinalCheckpoint, StopAtStepEnd
+from nst_ff.checkpoint import AtomicCheckpointIO, FinalCheckpoint, StepCheckpoint, StopAtStepEnd
 from nst_ff.device import auto_precision, keep_freed_memory
 from nst_ff.errors import UserError, exit_stopped
 from nst_ff.export import save_model
@@ -172,7 +172,7 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
     # Everything that can fail on the user's input (photos, painting, VGG weights) fails here, before any output.
     datamodule.setup("fit")
     model.build_loss()
-    checkpoints = ModelCheckpoint(
+    checkpoints = StepCheckpoint(
         dirpath=out / "checkpoints",
         filename="step{step:07d}",
         auto_insert_metric_name=False,
@@ -185,8 +185,8 @@ def train(cfg: dict[str, Any], command: str = "python train.py") -> Path | None:
         # last batch to the next validation, up to val_check_interval steps later: with a few photos (one batch
         # an epoch) no step checkpoint was written at all, and a killed run lost everything.
         save_on_train_epoch_end=True,
-        # A run's last.ckpt is written by FinalCheckpoint, then again by this callback where it saved none itself (a
-        # run shorter than every_n_steps): replaced, not kept beside it as last-v1.ckpt (one more per resume).
+        # last.ckpt is written by FinalCheckpoint and by this callback's periodic saves: replaced, not kept beside
+        # another as last-v1.ckpt (one more per resume).
         enable_version_counter=False,
     )
     # A resume's curves go on from its step: what a killed run logged after its last checkpoint is hidden

@@ -305,11 +305,9 @@ def test_an_installed_command_s_help_names_itself_in_the_examples(
     # And its messages (before: "train further (infer.py model=<checkpoint> ...", "not a train.py checkpoint").
     from nst_ff.errors import exit_on_user_error
 
-    message = "x.ckpt: not a train.py checkpoint (python infer.py model=y.ckpt)"
-    for argv0, shown in (
-        ("/usr/bin/nst-train", "not a nst-train checkpoint (nst-infer model=y.ckpt)"),
-        ("a.py", message),
-    ):
+    message = "x.ckpt: not a train.py checkpoint (python infer.py model=y.ckpt); /my/infer.py: no such file"
+    installed = "not a nst-train checkpoint (nst-infer model=y.ckpt); /my/infer.py: no such file"  # a path stays
+    for argv0, shown in (("/usr/bin/nst-train", installed), ("a.py", message)):
         monkeypatch.setattr(sys, "argv", [argv0])
         with pytest.raises(SystemExit), exit_on_user_error():
             raise UserError(message)
