@@ -55,25 +55,25 @@ from nst_ff.stylize import Stylizer  # noqa: E402
 
 SHIPPED = ROOT / "checkpoints" / "starry_night.safetensors"
 VGG_FILE = "vgg16_conv4_3_fp16.safetensors"
-VGG_CHANNELS_LAST = "nst-ff compiled, VGG channels_last"
-SUBPIXEL = "nst-ff compiled, sub-pixel layers"
-# The training steps: reference, eager and compiled, and at one batch size two variants. Most of a step is the VGG
-# (~85 of ~145 GFLOP per 256 px crop: the output's forward and backward, the content pass): its convolutions have
-# no reflection padding, so NCHW's reason does not hold for them, and tensor cores want NHWC. Then the network's
-# full-resolution layers in the CPUs' sub-pixel forms.
+NO_SUBPIXEL = "nst-ff compiled, no sub-pixel layers"
+# The training steps: reference, eager and compiled, and at one batch size the compiled step with the plain
+# upsampling and output layers (the CUDA default until the second 2026-11-28 probe: 833 images/s at batch 16
+# against 1158 with the sub-pixel forms). The VGG in channels_last measured the same as NCHW then (834 against 833).
 STEP_CONFIGS = ["reference (eager fp32 NCHW, nn.InstanceNorm2d)", "nst-ff eager", "nst-ff compiled"]
-STEP_VARIANTS = [*STEP_CONFIGS, VGG_CHANNELS_LAST, SUBPIXEL]
-# At 1024 px, the defaults (eager: channels_last, padding by slices; compiled: also the sub-pixel layers and CUDA
-# graphs) against one choice changed each, and an unmeasured combination.
+STEP_VARIANTS = [*STEP_CONFIGS, NO_SUBPIXEL]
+# At 1024 px, the defaults (eager: channels_last, padding by slices, the sub-pixel layers; compiled: channels_last,
+# the sub-pixel layers, CUDA graphs) against one choice changed each. cudnn autotuning of the eager network measured
+# slower twice (7.83 ms against 7.42), so it is no longer a row.
 NCHW_EAGER = "nst-ff eager, NCHW with torch's norm (the default before 2026-11-28)"
-EAGER_SUBPIXEL = "nst-ff eager, sub-pixel layers"
-EAGER_AUTOTUNED = "nst-ff eager, cudnn autotuning"
+EAGER_NO_SUBPIXEL = "nst-ff eager, no sub-pixel layers"
 COMPILED_NCHW = "nst-ff compiled, NCHW"
 COMPILED_NO_GRAPHS = "nst-ff compiled, no CUDA graphs"
+COMPILED_SLICES = "nst-ff compiled, padding by slices"
 
 # The parts in the order they run (what is unmet or unmeasured first), with the seconds each needs to start. The
-# 2026-11-28 probe met the whole runs' targets but batch 16's 1000 images/s (train_runs, 210 s) and the loader's
-# (2343 crops/s); video has none.
+# second 2026-11-28 probe left unmet the folder's 150 images/s (80.6 after start-up, 142 in process) and 1000
+# training images/s through train.py (batch 16 738, batch 32 905), both measured before the sub-pixel layers became
+# CUDA's default; the loader met its target (2343 crops/s) in the first; video has none.
 PARTS = {"inference": 60, "infer_folder": 40, "training_steps": 90, "train_runs": 60, "loader": 40, "video": 60}
 # Run only when named in --parts, in a device call of their own (the default parts fill one).
 OPTIONAL_PARTS = {"retrain": 150}
@@ -262,13 +262,13 @@ class Probe:
             runners = {**eager, "nst-ff compiled": Stylizer(net, device=device, compile=True)}
             if size == self.setup["variants_size"]:
                 runners[NCHW_EAGER] = Stylizer(net, device=device, channels_last=False)
-                runners[EAGER_SUBPIXEL] = Stylizer(net, device=device)
-                replace(runners[EAGER_SUBPIXEL].execution, subpixel=True).prepare(runners[EAGER_SUBPIXEL].net)
-                runners[EAGER_AUTOTUNED] = Stylizer(net, device=device)
-                runners[EAGER_AUTOTUNED].execution = replace(runners[EAGER_AUTOTUNED].execution, autotune=True)
+                runners[EAGER_NO_SUBPIXEL] = Stylizer(net, device=device)
+                replace(runners[EAGER_NO_SUBPIXEL].execution, subpixel=False).prepare(runners[EAGER_NO_SUBPIXEL].net)
                 runners[COMPILED_NCHW] = Stylizer(net, device=device, compile=True, channels_last=False)
                 no_graphs = runners[COMPILED_NO_GRAPHS] = Stylizer(net, device=device, compile=True)
                 no_graphs.forward, no_graphs.cuda_graphs = torch.compile(no_graphs.net), False
+                slices = runners[COMPILED_SLICES] = Stylizer(net, device=device, compile=True)
+                replace(slices.execution, slice_padding=True).prepare(slices.net)
             image = nn.functional.interpolate(photo, size=(size, size), mode="bicubic").clamp(0, 1).to(self.device)
             outputs = {}
             for name, run in runners.items():
@@ -307,10 +307,8 @@ class Probe:
                 reference = name.startswith("reference")
                 if reference:
                     module.net = reference_net(module.net).to(self.device)
-                if name == VGG_CHANNELS_LAST:
-                    module.perceptual.to(memory_format=torch.channels_last)
-                if name == SUBPIXEL:
-                    replace(module.execution, subpixel=True).prepare(module.net)
+                if name == NO_SUBPIXEL:
+                    replace(module.execution, subpixel=False).prepare(module.net)
                 optimizer = torch.optim.Adam(
                     module.net.parameters(), lr=1e-3, fused=not reference and self.device.type == "cuda"
                 )

@@ -3,15 +3,17 @@ where the execution choices are made. ``nst_ff.device`` says which device and pr
 says how to use them.
 
 - CUDA inference: fp16 weights converted once (autocast re-casts every weight on every call) in channels_last,
-  with reflection padding built from slices (CUDA's reflection_pad2d writes NCHW only, so a channels_last
-  network would be converted back and forth at every padded convolution); compiled, also the sub-pixel
-  layers and CUDA graphs (``compile_mode``); cudnn autotuning only where compiled (``Execution.autotune``).
-  One H200, 1024 px, fp16 (benchmarks/results/gpu_probe_nvidia_h200.json): eager NCHW with torch's
-  instance norm 10.1 ms, channels_last with padding by slices 6.33; compiled NCHW 3.30, with the sub-pixel
-  layers 2.79, and with CUDA graphs and channels_last too 2.42 (the reference execution 8.68).
+  with the full-resolution layers in their sub-pixel forms (``_subpixel_layers``); eager, reflection padding
+  built from slices (CUDA's reflection_pad2d writes NCHW only, so a channels_last network would be converted
+  back and forth at every padded convolution); compiled, inductor's own padding and CUDA graphs
+  (``compile_mode``); cudnn autotuning only where compiled (``Execution.autotune``). One H200, 1024 px, fp16
+  (benchmarks/results/gpu_probe_nvidia_h200.json and its history in README, Performance): eager NCHW with torch's
+  instance norm 11.7 ms, channels_last with padding by slices 7.42, with the sub-pixel layers too 6.68;
+  compiled with CUDA graphs, the sub-pixel layers and channels_last 2.42, 2.71 with padding by slices (the
+  reference execution 8.8).
 - CUDA training: NCHW with torch's fused instance-norm kernel (the scale-and-shift form is about eleven small
-  kernels), Lightning's bf16 autocast, a compiled step with CUDA graphs, since a 256 px step is
-  launch-bound (hundreds of small kernels): a batch-4 step 20.6 ms eager, 9.9 ms compiled (H200).
+  kernels), the sub-pixel layers, Lightning's bf16 autocast, a compiled step with CUDA graphs, since a 256 px
+  step is launch-bound (hundreds of small kernels): a batch-4 step 23.7 ms eager, 7.0 ms compiled (H200).
 - CPU: channels_last with the scale-and-shift InstanceNorm (aten's kernel converts channels_last to
   contiguous and back), bf16 only where the CPU has native bf16 instructions (``resolve_dtype``), and the
   full-resolution layers in their sub-pixel forms (``_subpixel_layers``).
@@ -120,17 +122,18 @@ class Execution:
         return f"{device}, {dtype} weights, {layout}, {norm}{''.join(forms)}"
 
 
-def _layout_choices(device: torch.device, channels_last: bool) -> dict[str, bool]:
-    """What follows from the layout: our norm for channels_last, torch's kernel for NCHW; on CUDA, channels_last
-    padding by slices."""
+def _layout_choices(device: torch.device, channels_last: bool, compiled: bool = False) -> dict[str, bool]:
+    """What follows from the layout: our norm for channels_last, torch's kernel for NCHW; on CUDA, eager
+    channels_last padding by slices (compiled, inductor fuses torch's padding into its kernels, and the slices
+    cost it: 1024 px on an H200, 2.42 ms without them, 2.71 with)."""
     return {
         "channels_last": channels_last,
         "fused_norm": not channels_last,
-        "slice_padding": channels_last and device.type == "cuda",
+        "slice_padding": channels_last and device.type == "cuda" and not compiled,
     }
 
 
-def _subpixel_layers(device: torch.device, compiled: bool) -> bool:
+def _subpixel_layers(device: torch.device) -> bool:
     """Whether the full-resolution layers run by pixel phase, the same functions in fewer or fuller operations:
     the upsampling layers as transposed convolutions (``nst_ff.net.Upsample``: 16 multiply-adds per input
     pixel instead of 36, no upsampled copy) and the 3-channel output convolution on 2x2 pixel blocks
@@ -138,10 +141,11 @@ def _subpixel_layers(device: torch.device, compiled: bool) -> bool:
     network's two upsampling layers took 81 ms instead of 189 in fp32 and 40 instead of 92 in bf16, its output
     layer 79 ms instead of 188 and 39 instead of 94; the whole network 1.00 -> 0.76 s in fp32 and 0.50 -> 0.39 s
     in bf16, the fast one 0.27 -> 0.18 s and 0.15 -> 0.10 s; with oneDNN and aten held to AVX2
-    (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``, fp32) 1.60 -> 1.34 s and 0.35 -> 0.26 s. A training
-    step (batch 4, 256 px, bf16): unchanged (the VGG is most of it). CUDA (H200, 1024 px, fp16): compiled
-    3.30 -> 2.79 ms, eager unchanged (10.1 and 10.2 ms), training unmeasured."""
-    return device.type == "cpu" or (device.type == "cuda" and compiled)
+    (``ONEDNN_MAX_CPU_ISA=AVX2 ATEN_CPU_CAPABILITY=avx2``, fp32) 1.60 -> 1.34 s and 0.35 -> 0.26 s. A CPU training
+    step (batch 4, 256 px, bf16): unchanged (the VGG is most of it). CUDA (one H200, in one process each): 1024 px
+    inference, fp16, eager channels_last 7.42 -> 6.68 ms, compiled 3.30 -> 2.79 ms (NCHW); the compiled bf16
+    training step at batch 16 of 256 px 19.2 -> 13.8 ms (833 -> 1158 images/s). Other devices: unmeasured."""
+    return device.type in ("cpu", "cuda")
 
 
 def inference_execution(
@@ -149,11 +153,11 @@ def inference_execution(
 ) -> Execution:
     """Weights converted once to ``resolve_dtype(device, precision)``; ``channels_last`` None: channels_last,
     the fastest layout measured on CPUs and on CUDA; ``compiled``: the network will run under torch.compile."""
-    layout = _layout_choices(device, True if channels_last is None else channels_last)
+    layout = _layout_choices(device, True if channels_last is None else channels_last, compiled)
     # cudnn autotuning repays itself only in long jobs, the compiled ones: a 100-photo folder run at 1024 px
     # (H200, eager, NCHW) went at 55 images/s with it against 135 without, and 135 against 141 warm.
     dtype = resolve_dtype(device, precision)
-    return Execution(device, dtype, subpixel=_subpixel_layers(device, compiled), autotune=compiled, **layout)
+    return Execution(device, dtype, subpixel=_subpixel_layers(device), autotune=compiled, **layout)
 
 
 def training_execution(device: torch.device, channels_last: bool | None = None) -> Execution:
@@ -161,7 +165,7 @@ def training_execution(device: torch.device, channels_last: bool | None = None) 
     with torch's norm kernel; channels_last training there is unmeasured), channels_last elsewhere. The
     optimizer is fused on CUDA (``fused_optimizer``); cudnn autotuning is the trainer's (``trainer.benchmark``)."""
     layout = _layout_choices(device, device.type != "cuda" if channels_last is None else channels_last)
-    return Execution(device, None, subpixel=_subpixel_layers(device, compiled=False), **layout)
+    return Execution(device, None, subpixel=_subpixel_layers(device), **layout)
 
 
 def export_execution() -> Execution:

@@ -56,14 +56,15 @@ def net() -> TransformerNet:
 
 def test_cuda_infers_channels_last_fp16_and_trains_nchw_with_torchs_norm() -> None:
     inference = inference_execution(CUDA, "auto")
-    assert inference == Execution(CUDA, torch.float16, True, fused_norm=False, slice_padding=True, autotune=False)
-    # Compiled: the sub-pixel layers too, and cudnn autotuning, which a long job repays.
-    assert inference_execution(CUDA, compiled=True) == replace(inference, subpixel=True, autotune=True)
+    expected = Execution(CUDA, torch.float16, True, fused_norm=False, subpixel=True, slice_padding=True, autotune=False)
+    assert inference == expected
+    # Compiled: inductor's own padding, and cudnn autotuning, which a long job repays.
+    assert inference_execution(CUDA, compiled=True) == replace(inference, slice_padding=False, autotune=True)
     assert inference_execution(CUDA, "fp32").dtype is None
     nchw = inference_execution(CUDA, channels_last=False)
     assert nchw.fused_norm and not nchw.slice_padding  # torch's kernels for NCHW: its padding writes NCHW
     training = training_execution(CUDA)
-    assert training == Execution(CUDA, None, channels_last=False, fused_norm=True, subpixel=False)  # autocast
+    assert training == Execution(CUDA, None, channels_last=False, fused_norm=True, subpixel=True)  # autocast
     assert training.autotune is None  # the trainer's setting (trainer.benchmark)
     assert fused_optimizer(CUDA) and not fused_optimizer(CPU)
     assert compile_mode(CUDA) == "reduce-overhead" and compile_mode(CUDA, "default") == "default"
@@ -133,7 +134,8 @@ def test_prepare_converts_once_and_the_forms_agree(net: TransformerNet) -> None:
 def test_describe_names_the_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda device=None: "Fake H100")
     line = inference_execution(CUDA).describe()
-    assert line == "cuda (Fake H100), fp16 weights, channels_last, scale-and-shift instance norm, padding by slices"
+    norm = "scale-and-shift instance norm"
+    assert line == f"cuda (Fake H100), fp16 weights, channels_last, {norm}, sub-pixel layers, padding by slices"
 
 
 def test_compile_auto_pays_off_only_for_big_jobs() -> None:
