@@ -186,9 +186,16 @@ class StyleTransferModule(pl.LightningModule):
             total = total + self.hparams.temporal_weight * logged["temporal"]
         # Tensors on the device: Lightning reads them only every trainer.log_every_n_steps, so no step
         # waits for the GPU to catch up just to log.
-        self.log_dict({f"train/{key}": value for key, value in logged.items()})
+        if self._logs_this_step():
+            self.log_dict({f"train/{key}": value for key, value in logged.items()})
         self._log_throughput(batch.shape[0], total)
         return total
+
+    def _logs_this_step(self) -> bool:
+        """Whether Lightning writes this step's values (every trainer.log_every_n_steps, or as the run stops: its
+        logger connector's rule). It drops what is logged on the other steps, after ~5 ms of Python per log_dict
+        call (a 2-core Xeon; ~2.5 ms of a batch-16 step through train.py on an H200 was outside the step itself)."""
+        return (self.global_step + 1) % self.trainer.log_every_n_steps == 0 or self.trainer.should_stop
 
     def _log_throughput(self, batch_size: int, loss: torch.Tensor) -> None:
         """images/s over the steps since the last logged one, from the host clock. Logged only on the
@@ -198,7 +205,7 @@ class StyleTransferModule(pl.LightningModule):
         if self._throughput is None:
             self._throughput = (now, 0)
         start, images = self._throughput
-        if images and (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+        if images and self._logs_this_step():
             self.log("train/images_per_sec", torch.tensor(images / (now - start)), prog_bar=True)
             self.log("loss", loss.detach().cpu(), prog_bar=True, logger=False)
             start, images = now, 0
@@ -217,7 +224,8 @@ class StyleTransferModule(pl.LightningModule):
             return
         grads = [p.grad for p in self.net.parameters() if p.grad is not None]
         norm, scale = clip_to_running_norm(grads, self.grad_norm_average, ratio)
-        self.log_dict({"train/grad_norm": norm, "train/grad_clip_scale": scale})
+        if self._logs_this_step():
+            self.log_dict({"train/grad_norm": norm, "train/grad_clip_scale": scale})
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["grad_norm_average"] = self.grad_norm_average.detach().cpu()

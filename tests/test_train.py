@@ -78,6 +78,23 @@ def six_steps(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return out
 
 
+def test_values_are_logged_only_on_the_steps_lightning_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Lightning drops what a step logs unless it writes logs at that step (every trainer.log_every_n_steps), after
+    milliseconds of Python per call: the losses and the gradient clip are logged on the written steps only."""
+    calls = []
+    log_dict = pl.LightningModule.log_dict
+    monkeypatch.setattr(
+        pl.LightningModule, "log_dict", lambda self, d, **k: calls.append(sorted(d)) or log_dict(self, d, **k)
+    )
+    run_training(
+        tmp_path, *SCHEDULE, "trainer.max_steps=6", "trainer.log_every_n_steps=3", "trainer.val_check_interval=6"
+    )
+    training = [keys for keys in calls if keys[0].startswith("train/")]
+    assert len(training) == 4  # two written steps, each with its losses and its gradient clip
+    for tag in ("train/loss", "train/grad_clip_scale", "train/images_per_sec"):
+        assert [step for step, _ in scalars(tmp_path, tag)] == [2, 5], tag
+
+
 def test_training_lowers_the_loss_and_logs_to_tensorboard(tmp_path: Path) -> None:
     run_training(
         tmp_path, "trainer.max_steps=30", "trainer.val_check_interval=15", "model.lr=1e-2", "checkpoint.every_n_steps=4"
