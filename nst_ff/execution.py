@@ -41,10 +41,11 @@ COMPILE_SETTINGS = (True, False, "auto")
 
 # When compiling pays off within one job: (seconds a compilation costs, seconds it saves per unit of
 # work). Inference counts megapixels, training counts steps. CUDA: one H200 (benchmarks/gpu_probe.sh, torch
-# 2.11): infer.py on 100 photos of 1024 px took 32.0 s compiled against 7.1 s eager (21.1 s with the compile
-# cache warm), so a compilation costs ~25 s; compiled, the network's 6.33 ms per megapixel fall to 2.42, but a
-# folder is then bound by decoding and encoding (247 images/s with no network at all), which leaves ~2.3 ms
-# saved per megapixel. The batch-4 training step took 52 s to compile and went from 20.6 to 9.9 ms (bf16). CPUs never
+# 2.11, the second probe of 2026-11-28): infer.py on 100 photos of 1024 px took 26.7 s compiled against 6.0 s eager
+# (21.7 s with the compile cache warm), so a compilation costs ~21 s; compiled, the network's 6.68 ms per megapixel
+# (eager, with the sub-pixel layers) fall to about 2.5, but a folder is then bound by decoding and encoding (251
+# images/s with no network at all, 3.98 ms an image), which leaves ~2.7 ms saved per megapixel. The batch-4
+# training step's first call took 42 s compiled, and the step went from 23.7 to 7.0 ms (bf16). CPUs never
 # compile on auto. With AVX-512 compiling saves too little to repay itself in any job: 2-core EPYC with
 # AVX512-BF16, 1024 px, ~10 s to compile: with the sub-pixel layers (two threads, bf16) full network 0.361 ->
 # 0.360 s, fast 0.102 -> 0.101 s. An AVX2-only EPYC once gained 1.3x (1024 px, 3.68 -> 2.84 s, fp32, 13 to 66 s
@@ -57,8 +58,8 @@ COMPILE_SETTINGS = (True, False, "auto")
 # eager; bench_train.py --compile), and with the current style loss saves 3% (0.245 against 0.252 s) after
 # 58 s of compiling: 8000 steps to repay it. A warm compile cache (``compile_cache_dir``) makes later
 # compilations several times cheaper; these thresholds assume a cold one.
-_INFERENCE_COMPILE = {"cuda": (25.0, 0.0023)}
-_TRAINING_COMPILE = {"cuda": (52.0, 0.0107)}
+_INFERENCE_COMPILE = {"cuda": (21.0, 0.0027)}
+_TRAINING_COMPILE = {"cuda": (42.0, 0.0167)}
 
 
 @dataclass(frozen=True)
