@@ -46,7 +46,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.bench_cpu import reference_net  # noqa: E402
 from benchmarks.bench_folder import folder_images_per_s, make_photos, stage_table  # noqa: E402
 from benchmarks.bench_train import training_module, training_step  # noqa: E402
-from benchmarks.report import machine  # noqa: E402
+from benchmarks.report import machine, trace_without_inductor  # noqa: E402
 from nst_ff.data import PhotoDataModule  # noqa: E402
 from nst_ff.export import load_model, save_model  # noqa: E402
 from nst_ff.images import load_image, to_float  # noqa: E402
@@ -378,7 +378,9 @@ class Probe:
                 break
             out, timeline = self.work / f"styled_{compile_setting}", self.work / "timeline.json"
             # infer.py as the command line runs it, with the time each stage ends (benchmarks/infer_timeline.py).
-            args = ["benchmarks/infer_timeline.py", "--json", str(timeline), "--", "model=starry_night"]
+            args = ["benchmarks/infer_timeline.py", "--json", str(timeline)]
+            args += ["--trace-only"] * self.args.cpu_smoke  # as this process compiles in the smoke run
+            args += ["--", "model=starry_night"]
             args += [f"input={folder}", f"output={out}", "overwrite=true", f"compile={compile_setting}"]
             result, wall = self.command(args, self.left() - 5)
             match = re.search(r"(\d+) image\(s\) in ([\d.]+) s \(([\d.]+) images/s\)", result.stderr)
@@ -732,20 +734,6 @@ def summary(results: dict[str, Any]) -> str:
         if skipped:
             lines.append(f"{name}: skipped (out of time) {skipped}")
     return "\n".join(lines)
-
-
-def trace_without_inductor() -> None:
-    """For --cpu-smoke: torch.compile in this process traces with dynamo and runs the traced graphs as they are
-    (backend aot_eager) instead of having inductor write and build C++ kernels, 15-25 s a graph on a CI machine's
-    CPU. The smoke run checks the probe's own code; what inductor makes of the network is tested by
-    tests/test_stylize.py and tests/test_execution.py (and the commands the probe starts still compile with it)."""
-    compile_with_inductor = torch.compile
-
-    def compile_traced(model: Any = None, **options: Any) -> Any:
-        kept = {key: value for key, value in options.items() if key not in ("backend", "mode", "options")}
-        return compile_with_inductor(model, backend="aot_eager", **kept)
-
-    torch.compile = compile_traced
 
 
 def main() -> None:

@@ -35,6 +35,7 @@ mark("torch imported")
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import nst_ff.infer  # noqa: E402
+from benchmarks.report import trace_without_inductor  # noqa: E402
 from nst_ff.cli import infer  # noqa: E402
 from nst_ff.stylize import Stylizer  # noqa: E402
 
@@ -71,8 +72,11 @@ def instrument() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--json", help="write the marks here as well")
+    parser.add_argument("--trace-only", action="store_true", help="compile without building kernels (CPU smoke runs)")
     parser.add_argument("overrides", nargs="*", help="infer.py's options, after --")
     args = parser.parse_args()
+    if args.trace_only:
+        trace_without_inductor()
     instrument()
     sys.argv = ["infer.py", *args.overrides]
     status = 0

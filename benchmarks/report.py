@@ -11,6 +11,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -83,3 +84,17 @@ def run_main(main: Callable[[], object]) -> None:
         except subprocess.CalledProcessError as error:
             said = (error.stderr or "").strip().splitlines()[-1:] or ["its error is above"]
             sys.exit(f"error: a measuring process failed: {said[0]}")
+
+
+def trace_without_inductor() -> None:
+    """For the GPU probe's CPU smoke run (benchmarks/gpu_probe.py --cpu-smoke): torch.compile in this process traces
+    with dynamo and runs the traced graphs as they are (backend aot_eager) instead of having inductor write and build
+    C++ kernels, 15-25 s a graph on a CI machine's CPU. The smoke run checks the benchmarks' own code; what inductor
+    makes of the network is tested by tests/test_stylize.py and tests/test_execution.py."""
+    compile_with_inductor = torch.compile
+
+    def compile_traced(model: Any = None, **options: Any) -> Any:
+        kept = {key: value for key, value in options.items() if key not in ("backend", "mode", "options")}
+        return compile_with_inductor(model, backend="aot_eager", **kept)
+
+    torch.compile = compile_traced
