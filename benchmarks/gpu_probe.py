@@ -379,7 +379,7 @@ class Probe:
             out, timeline = self.work / f"styled_{compile_setting}", self.work / "timeline.json"
             # infer.py as the command line runs it, with the time each stage ends (benchmarks/infer_timeline.py).
             args = ["benchmarks/infer_timeline.py", "--json", str(timeline)]
-            args += ["--trace-only"] * self.args.cpu_smoke  # as this process compiles in the smoke run
+            args += ["--trace-only"] if self.args.cpu_smoke else []  # as this process compiles in the smoke run
             args += ["--", "model=starry_night"]
             args += [f"input={folder}", f"output={out}", "overwrite=true", f"compile={compile_setting}"]
             result, wall = self.command(args, self.left() - 5)

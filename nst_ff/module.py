@@ -186,9 +186,10 @@ class StyleTransferModule(pl.LightningModule):
             total = total + self.hparams.temporal_weight * logged["temporal"]
         # Tensors on the device: Lightning reads them only every trainer.log_every_n_steps, so no step
         # waits for the GPU to catch up just to log.
-        if self._logs_this_step():
+        logs = self._logs_this_step()
+        if logs:
             self.log_dict({f"train/{key}": value for key, value in logged.items()})
-        self._log_throughput(batch.shape[0], total)
+        self._log_throughput(batch.shape[0], total, logs)
         return total
 
     def _logs_this_step(self) -> bool:
@@ -197,15 +198,15 @@ class StyleTransferModule(pl.LightningModule):
         call (a 2-core Xeon; ~2.5 ms of a batch-16 step through train.py on an H200 was outside the step itself)."""
         return (self.global_step + 1) % self.trainer.log_every_n_steps == 0 or self.trainer.should_stop
 
-    def _log_throughput(self, batch_size: int, loss: torch.Tensor) -> None:
-        """images/s over the steps since the last logged one, from the host clock. Logged only on the
-        steps Lightning writes logs, as CPU tensors: a progress-bar value on the GPU would be read back,
+    def _log_throughput(self, batch_size: int, loss: torch.Tensor, logs: bool) -> None:
+        """images/s over the steps since the last logged one, from the host clock. Logged only where ``logs`` (the
+        steps Lightning writes), as CPU tensors: a progress-bar value on the GPU would be read back,
         a host sync, at every step."""
         now = time.perf_counter()
         if self._throughput is None:
             self._throughput = (now, 0)
         start, images = self._throughput
-        if images and self._logs_this_step():
+        if images and logs:
             self.log("train/images_per_sec", torch.tensor(images / (now - start)), prog_bar=True)
             self.log("loss", loss.detach().cpu(), prog_bar=True, logger=False)
             start, images = now, 0
